@@ -1,0 +1,25 @@
+"""autofit: time-budgeted AutoML for image classification."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["Budget", "RunResult", "run", "__version__"]
+
+if TYPE_CHECKING:
+    from autofit.budget import Budget
+    from autofit.runner import RunResult, run
+
+
+def __getattr__(name: str) -> Any:
+    """Import lazily: `import autofit` stays cheap; torch and Ray load when a run needs them."""
+    if name == "Budget":
+        from autofit.budget import Budget
+
+        return Budget
+    if name in {"run", "RunResult"}:
+        from autofit import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module 'autofit' has no attribute {name!r}")

@@ -1,0 +1,181 @@
+"""The budget a user gives (minutes, parameters) and the clock that enforces it.
+
+The deadline is a contract: every phase asks the `Clock` how much time is left rather than
+keeping its own timer, so the run as a whole ends inside `Budget.seconds`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from pathlib import Path
+
+import psutil
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from autofit.errors import UsageError, one_line
+
+MAX_MINUTES = 7 * 24 * 60
+MAX_PARAMS = 10_000_000_000
+_SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
+
+
+def parse_params(text: str | int) -> int:
+    """Parse a parameter count such as `2M`, `1.5M`, `500k` or `250000`."""
+    if isinstance(text, bool):
+        raise UsageError(f"--max-params must be a count like 2M, 500k or 250000, not {text!r}")
+    if isinstance(text, int):
+        value = float(text)
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgG]?)\s*", str(text))
+        if not match:
+            raise UsageError(
+                f"--max-params must be a count like 2M, 1.5M, 500k or 250000, not {text!r}"
+            )
+        value = float(match.group(1)) * _SUFFIX[match.group(2).lower()]
+    if not math.isfinite(value) or value < 1 or value > MAX_PARAMS:
+        raise UsageError(f"--max-params must be between 1 and {MAX_PARAMS:,}, not {text!r}")
+    return int(value)
+
+
+class Budget(BaseModel):
+    """What a run may spend: wall-clock minutes for everything, and a parameter cap per model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    minutes: float = Field(default=10.0, description="wall-clock budget of the whole run")
+    max_params: int = Field(default=2_000_000, description="parameter cap of every trained model")
+    search_share: float = Field(default=0.6, gt=0.05, lt=0.95)
+
+    @field_validator("minutes", mode="before")
+    @classmethod
+    def _minutes(cls, value: object) -> float:
+        try:
+            minutes = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise UsageError(f"--minutes must be a positive number, not {value!r}") from None
+        if not math.isfinite(minutes) or minutes <= 0 or minutes > MAX_MINUTES:
+            raise UsageError(f"--minutes must be > 0 and at most {MAX_MINUTES}, not {value!r}")
+        return minutes
+
+    @field_validator("max_params", mode="before")
+    @classmethod
+    def _max_params(cls, value: object) -> int:
+        return parse_params(value)  # type: ignore[arg-type]
+
+    @property
+    def seconds(self) -> float:
+        return self.minutes * 60.0
+
+    @property
+    def tolerance_s(self) -> float:
+        """How far past the budget a run may end: 3% from 2 minutes up, 5 s below that."""
+        return 0.03 * self.seconds if self.seconds >= 120 else 5.0
+
+    @classmethod
+    def from_yaml(cls, path: Path, **overrides: object) -> Budget:
+        """Load a preset from budgets/, with command-line values taking precedence."""
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise UsageError(f"cannot read budget preset {path}: {one_line(err)}") from None
+        if not isinstance(raw, dict):
+            raise UsageError(f"budget preset {path} must be a mapping of keys to values")
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(**raw)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise UsageError(f"budget preset {path}: {where}: {first['msg']}") from None
+
+
+def process_start_time() -> float:
+    """Wall-clock time this process started, so imports count against the budget too."""
+    return psutil.Process().create_time()
+
+
+class Clock:
+    """Wall-clock deadline shared by every phase (and by Ray workers, as a plain timestamp).
+
+    The run starts in phase "setup" at `started_at`; `start_phase` closes the open phase, so
+    the recorded phases tile the whole run with no gaps.
+    """
+
+    def __init__(self, budget_s: float, started_at: float | None = None) -> None:
+        self.started_at = time.time() if started_at is None else started_at
+        self.deadline = self.started_at + budget_s
+        self._spent: dict[str, float] = {}
+        self._open: tuple[str, float] = ("setup", self.started_at)
+
+    def elapsed(self) -> float:
+        return time.time() - self.started_at
+
+    def left(self) -> float:
+        return self.deadline - time.time()
+
+    def start_phase(self, name: str) -> None:
+        now = time.time()
+        current, since = self._open
+        self._spent[current] = self._spent.get(current, 0.0) + now - since
+        self._open = (name, now)
+
+    def phases(self) -> dict[str, float]:
+        """Seconds spent per phase so far, the open one included."""
+        spent = dict(self._spent)
+        current, since = self._open
+        spent[current] = spent.get(current, 0.0) + time.time() - since
+        return {name: round(seconds, 3) for name, seconds in spent.items()}
+
+
+EXPORT_RESERVE_S = 4.0  # ONNX export, onnx.checker, onnxruntime parity check
+EXIT_RESERVE_S = 2.0  # writing the report, Ray shutdown, interpreter exit
+EVAL_RATE_GUESS = 500.0  # images/s for the test pass before a trial has measured one
+MIN_TRIAL_S = 2.0
+
+
+class Plan(BaseModel):
+    """How the time left after setup is split, decided up front and recorded in the summary.
+
+    The refit is re-sized after the search from what is really left and from measured
+    throughput; `search_s` and `trial_s` are fixed here so trials can be scheduled.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    budget_s: float
+    setup_s: float
+    search_s: float
+    trial_s: float
+    milestones: tuple[float, ...]
+    refit_s: float
+    final_reserve_s: float
+    search_deadline: float
+
+    @classmethod
+    def make(cls, budget: Budget, clock: Clock, n_test: int,
+             reduction_factor: int = 3, rungs: int = 3) -> Plan:
+        left = clock.left()
+        reserve = final_reserve(n_test, EVAL_RATE_GUESS)
+        trainable = left - reserve
+        if trainable < 2 * MIN_TRIAL_S:
+            raise UsageError(
+                f"--minutes {budget.minutes:g} leaves {max(left, 0):.0f} s after setup, too little "
+                "to search and train; give a larger budget"
+            )
+        search_s = budget.search_share * trainable
+        trial_s = max(MIN_TRIAL_S, search_s / rungs)
+        grace = trial_s / reduction_factor ** (rungs - 1)
+        milestones = tuple(round(grace * reduction_factor**k, 3) for k in range(rungs - 1))
+        return cls(budget_s=budget.seconds, setup_s=round(clock.elapsed(), 3),
+                   search_s=round(search_s, 3), trial_s=round(trial_s, 3),
+                   milestones=milestones, refit_s=round(trainable - search_s, 3),
+                   final_reserve_s=round(reserve, 3),
+                   search_deadline=time.time() + search_s)
+
+
+def final_reserve(n_test: int, eval_rate: float) -> float:
+    """Seconds kept back for export, the onnxruntime test pass, and exit."""
+    return EXPORT_RESERVE_S + 1.3 * n_test / max(eval_rate, 1.0) + EXIT_RESERVE_S

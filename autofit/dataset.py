@@ -1,0 +1,186 @@
+"""Find a labelled image dataset, split it, and decode it once into uint8 arrays.
+
+Layouts: `DIR/train/<class>/*` with an optional `DIR/test/<class>/*`, or `DIR/<class>/*`
+(a stratified test split is then held out). Without a directory, scikit-learn's bundled 8x8
+digits are used, so autofit runs offline. Validation is always carved from train, stratified
+and seeded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from autofit import pipeline
+from autofit.errors import DataError
+from autofit.models import DataShape
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff",
+                            ".webp"})
+TEST_FRACTION = 0.2
+VAL_FRACTION = 0.1
+MAX_VAL = 5000
+
+
+@dataclass(frozen=True)
+class Listing:
+    """Image files of one split with their class indices."""
+
+    files: list[str]
+    labels: np.ndarray
+
+
+@dataclass
+class Dataset:
+    """The decoded run data: uint8 N x H x W x C arrays, one per split."""
+
+    name: str
+    classes: list[str]
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    source: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def shape(self) -> DataShape:
+        _, height, width, channels = self.x_train.shape
+        return DataShape(channels, height, width, len(self.classes))
+
+    @cached_property
+    def mean_std(self) -> tuple[list[float], list[float]]:
+        """Per-channel pixel statistics of the training split, on the [0, 1] scale.
+
+        Computed from per-channel histograms: exact, and no float copy of the data.
+        """
+        pixels = self.x_train.reshape(-1, self.x_train.shape[-1])
+        levels = np.arange(256, dtype=np.float64) / 255.0
+        means, stds = [], []
+        for c in range(pixels.shape[1]):
+            counts = np.bincount(pixels[:, c], minlength=256).astype(np.float64)
+            mean = float(counts @ levels / counts.sum())
+            var = float(counts @ (levels - mean) ** 2 / counts.sum())
+            means.append(round(mean, 6))
+            stds.append(round(max(var**0.5, 1e-3), 6))
+        return means, stds
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)}
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int,
+                     cap: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, held out): `fraction` of each class held out, at least one per class
+    that has two or more samples, and at most `cap` in all."""
+    rng = np.random.default_rng(seed)
+    if cap is not None:
+        fraction = min(fraction, cap / max(len(labels), 1))
+    kept, held = [], []
+    for cls in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        n_held = max(1, round(fraction * len(idx))) if len(idx) >= 2 else 0
+        held.append(idx[:n_held])
+        kept.append(idx[n_held:])
+    return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _list_split(root: Path, classes: list[str] | None = None) -> tuple[list[str], Listing]:
+    dirs = _class_dirs(root)
+    if not dirs:
+        raise DataError(f"{root} has no class folders (expected {root}/<class>/<image>)")
+    names = [d.name for d in dirs]
+    if classes is not None:
+        unknown = sorted(set(names) - set(classes))
+        if unknown:
+            raise DataError(f"{root} has classes not in train: {', '.join(unknown)}")
+    index = {name: i for i, name in enumerate(classes or names)}
+    files: list[str] = []
+    labels: list[int] = []
+    for d in dirs:
+        images = sorted(str(p) for p in d.iterdir()
+                        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                        and not p.name.startswith("."))
+        if not images:
+            raise DataError(f"class folder {d} has no images")
+        files += images
+        labels += [index[d.name]] * len(images)
+    if classes is None and len(names) < 2:
+        raise DataError(f"{root} has {len(names)} class folder; at least 2 classes are needed")
+    return names, Listing(files, np.asarray(labels, dtype=np.int64))
+
+
+def discover(root: Path, seed: int) -> tuple[list[str], Listing, Listing, str]:
+    """Classes, train listing, test listing, and how the test split was obtained."""
+    if not root.exists():
+        raise DataError(f"data directory {root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"--data {root} is not a directory")
+    if not any(root.iterdir()):
+        raise DataError(f"data directory {root} is empty")
+    train_dir, test_dir = root / "train", root / "test"
+    if train_dir.is_dir():
+        classes, train = _list_split(train_dir)
+        if test_dir.is_dir():
+            _, test = _list_split(test_dir, classes)
+            return classes, train, test, f"{test_dir}"
+    else:
+        classes, train = _list_split(root)
+    kept, held = stratified_split(train.labels, TEST_FRACTION, seed + 1)
+    test = Listing([train.files[i] for i in held], train.labels[held])
+    train = Listing([train.files[i] for i in kept], train.labels[kept])
+    return classes, train, test, f"stratified {TEST_FRACTION:.0%} of {root}"
+
+
+def _probe(path: str) -> tuple[int, int, int]:
+    """Height, width and channel count of the first image: the run's training resolution."""
+    try:
+        with Image.open(path) as img:
+            channels = 1 if img.mode in {"1", "L", "I", "I;16", "F"} else 3
+            return img.height, img.width, channels
+    except (OSError, UnidentifiedImageError) as err:
+        raise DataError(f"cannot read image {path}: {err}") from None
+
+
+def load(root: Path | None, seed: int, threads: int) -> Dataset:
+    """Discover, split and decode (once) the dataset at `root`, or the embedded digits."""
+    if root is None:
+        return _digits(seed)
+    classes, train, test, test_source = discover(Path(root), seed)
+    height, width, channels = _probe(train.files[0])
+    pixels = pipeline.decode(train.files + test.files, height, width, channels, threads)
+    x_all, x_test = pixels[: len(train.files)], pixels[len(train.files):]
+    return _with_val(str(root), classes, x_all, train.labels, x_test, test.labels, seed,
+                     f"train {root}, test {test_source}")
+
+
+def _with_val(name: str, classes: list[str], x: np.ndarray, y: np.ndarray, x_test: np.ndarray,
+              y_test: np.ndarray, seed: int, source: str) -> Dataset:
+    kept, held = stratified_split(y, VAL_FRACTION, seed, cap=MAX_VAL)
+    held = np.random.default_rng(seed).permutation(held)  # any prefix is a fair sample
+    return Dataset(name=name, classes=classes, x_train=x[kept], y_train=y[kept], x_val=x[held],
+                   y_val=y[held], x_test=x_test, y_test=y_test, source=source)
+
+
+def _digits(seed: int) -> Dataset:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images), 1 channel."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = np.clip(digits.images * 16.0, 0, 255).astype(np.uint8)[..., None]
+    y = digits.target.astype(np.int64)
+    kept, held = stratified_split(y, TEST_FRACTION, seed + 1)
+    data = _with_val("digits", [str(c) for c in range(10)], x[kept], y[kept], x[held], y[held],
+                     seed, "scikit-learn digits (embedded)")
+    data.notes.append("embedded 8x8 digits are arrays already: DALI augments, nothing to decode")
+    return data

@@ -1,0 +1,32 @@
+"""User-facing failures: each carries one line for stderr and the exit code the CLI returns."""
+
+from __future__ import annotations
+
+
+class AutofitError(Exception):
+    """A problem the user can fix; the CLI prints its message on one line, without a traceback."""
+
+    exit_code = 1
+
+
+class UsageError(AutofitError):
+    """A bad option or argument (exit code 2, like a command-line parse error)."""
+
+    exit_code = 2
+
+
+class DataError(UsageError):
+    """The dataset cannot be used as given (missing, empty, malformed)."""
+
+
+class BudgetError(UsageError):
+    """No model in the search space fits the parameter budget."""
+
+
+class ExportError(AutofitError):
+    """The exported ONNX model failed verification against PyTorch."""
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message folded onto one line (YAML and OS errors span several)."""
+    return " ".join(str(err).split()) or type(err).__name__

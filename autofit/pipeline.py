@@ -1,0 +1,124 @@
+"""NVIDIA DALI data path: decode files once into a uint8 cache, then augment it per batch.
+
+Decoding happens once per run (not per trial); every trial and the refit read the same cache
+and get their batches from a DALI pipeline (pad-and-random-crop, horizontal flip, scaling to
+[0, 1] floats in NCHW). This module runs DALI's CPU backend; `backend_name` is what the run
+records, so a GPU path can be added behind the same two entry points.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from autofit.errors import DataError
+
+DECODE_BATCH = 256
+
+
+def backend_name() -> str:
+    return "dali-cpu"
+
+
+def decode(files: Sequence[str], height: int, width: int, channels: int,
+           threads: int) -> np.ndarray:
+    """Decode and resize image files to an N x H x W x C uint8 array, in file order."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=DECODE_BATCH, num_threads=threads, device_id=None,
+                  prefetch_queue_depth=2)
+    def decoder():  # type: ignore[no-untyped-def]
+        encoded, _ = fn.readers.file(files=list(files), name="reader", random_shuffle=False,
+                                     pad_last_batch=True)
+        out_type = types.GRAY if channels == 1 else types.RGB
+        images = fn.decoders.image(encoded, device="cpu", output_type=out_type)
+        return fn.resize(images, resize_x=width, resize_y=height)
+
+    pipe = decoder()
+    pipe.build()
+    out = np.empty((len(files), height, width, channels), dtype=np.uint8)
+    done = 0
+    while done < len(files):
+        try:
+            (batch,) = pipe.run()
+        except RuntimeError as err:
+            raise DataError(f"cannot decode an image among {files[done]} .. "
+                            f"{files[min(done + DECODE_BATCH, len(files)) - 1]}: "
+                            f"{_first_line(err)}") from None
+        arr = batch.as_array()
+        take = min(len(arr), len(files) - done)
+        out[done:done + take] = arr[:take]
+        done += take
+    return out
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return next((line for line in lines if "Error" in line or "error" in line), lines[0]
+                if lines else type(err).__name__)
+
+
+class BatchLoader:
+    """Epochs of (images, labels) from a uint8 cache through a DALI pipeline.
+
+    Training loaders shuffle (seeded) and augment; evaluation loaders keep order and only
+    convert. Images come out as float32 NCHW in [0, 1]: normalisation lives in the model.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, *,
+                 train: bool, hflip: bool = True, seed: int = 0, threads: int = 1,
+                 device: str = "cpu") -> None:
+        if len(images) != len(labels):
+            raise ValueError("images and labels differ in length")
+        self.images = images
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.batch_size = min(batch_size, len(images)) if train else batch_size
+        self.train = train
+        self.device = torch.device(device)
+        self._rng = np.random.default_rng(seed)
+        self._pipe = self._build(hflip, seed, threads)
+
+    def __len__(self) -> int:
+        if self.train:
+            return len(self.images) // self.batch_size
+        return -(-len(self.images) // self.batch_size)
+
+    def _build(self, hflip: bool, seed: int, threads: int):  # type: ignore[no-untyped-def]
+        from nvidia.dali import fn, pipeline_def, types
+
+        height, width = self.images.shape[1:3]
+        pad = max(1, round(min(height, width) / 8))
+        train = self.train
+
+        @pipeline_def(batch_size=self.batch_size, num_threads=threads, device_id=None,
+                      seed=seed, prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
+        def augment():  # type: ignore[no-untyped-def]
+            images = fn.external_source(name="images", layout="HWC", dtype=types.UINT8)
+            mirror = 0
+            if train:
+                offsets = list(range(-pad, pad + 1))
+                start = fn.stack(fn.random.uniform(values=offsets, dtype=types.INT32),
+                                 fn.random.uniform(values=offsets, dtype=types.INT32))
+                images = fn.slice(images, start, np.array([height, width], dtype=np.int32),
+                                  axes=[0, 1], out_of_bounds_policy="pad", fill_values=0)
+                if hflip:
+                    mirror = fn.random.coin_flip()
+            return fn.crop_mirror_normalize(images, mirror=mirror, mean=[0.0], std=[255.0],
+                                            output_layout="CHW", dtype=types.FLOAT)
+
+        pipe = augment()
+        pipe.build()
+        return pipe
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self._rng.permutation(len(self.images)) if self.train else None
+        for i in range(len(self)):
+            picks = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            index = order[picks] if order is not None else np.arange(len(self.images))[picks]
+            self._pipe.feed_input("images", self.images[index])
+            (out,) = self._pipe.run()
+            x = torch.from_numpy(out.as_array())
+            y = torch.from_numpy(self.labels[index])
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)

@@ -1,0 +1,95 @@
+"""Benchmark: autofit end to end on the CIFAR-10 JPEG set, timed from outside the process.
+
+    python bench/cifar10.py --minutes 10 --max-params 2M
+
+Appends one JSON line (budget, elapsed, test accuracy, params, trials, machine) to
+bench/results/cifar10.jsonl and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "cifar10-jpg"
+
+
+def machine() -> dict[str, object]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = None
+    try:
+        import torch
+
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", default="10")
+    parser.add_argument("--max-params", default="2M")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--results", type=Path,
+                        default=ROOT / "bench" / "results" / "cifar10.jsonl")
+    args = parser.parse_args()
+    if not args.data.is_dir():
+        print(f"bench: CIFAR-10 JPEGs not found at {args.data}", file=sys.stderr)
+        return 2
+    out = args.out or ROOT / "runs" / f"bench-cifar10-{time.strftime('%Y%m%d-%H%M%S')}"
+    command = [sys.executable, "-m", "autofit", "run", "--data", str(args.data), "--minutes",
+               str(args.minutes), "--max-params", str(args.max_params), "--out", str(out),
+               "--seed", str(args.seed)]
+    start = time.time()
+    proc = subprocess.run(command)
+    elapsed = time.time() - start
+    if proc.returncode != 0:
+        print(f"bench: autofit exited with {proc.returncode}", file=sys.stderr)
+        return proc.returncode
+    summary = json.loads((out / "summary.json").read_text())
+    record = {
+        "bench": "cifar10",
+        "budget_s": summary["budget_s"],
+        "max_params": summary["budget"]["max_params"],
+        "elapsed_s": round(elapsed, 2),
+        "elapsed_over_budget": round(elapsed / summary["budget_s"], 4),
+        "test_accuracy": summary["test_accuracy"],
+        "val_accuracy": summary["val_accuracy"],
+        "params": summary["params"],
+        "trials": summary["trials"],
+        "best_config": summary["best_config"],
+        "phases": summary["phases"],
+        "refit_epochs": summary["refit"]["epochs"],
+        "device": summary["device"],
+        "data_pipeline": summary["data_pipeline"],
+        "machine": machine(),
+        "run_dir": str(out),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    line = json.dumps(record)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.results, "a") as handle:
+        handle.write(line + "\n")
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Shared fixtures: small, learnable image folders written by the tests themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200),
+           "yellow": (210, 200, 40)}
+
+
+def draw(colour: tuple[int, int, int], size: int, rng: np.random.Generator) -> np.ndarray:
+    """A noisy background with a class-coloured square at a random place."""
+    img = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
+    side = size // 2
+    top, left = rng.integers(0, size - side + 1, 2)
+    patch = np.array(colour, dtype=np.int16) + rng.integers(-25, 26, 3)
+    img[top:top + side, left:left + side] = np.clip(patch, 0, 255)
+    return img
+
+
+def write_folder(root: Path, per_class: int, size: int = 16, suffix: str = ".png",
+                 seed: int = 0, classes: dict[str, tuple[int, int, int]] = COLOURS) -> Path:
+    rng = np.random.default_rng(seed)
+    for name, colour in classes.items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(draw(colour, size, rng)).save(folder / f"{i:04d}{suffix}")
+    return root
+
+
+@pytest.fixture
+def split_folder(tmp_path: Path) -> Path:
+    """DIR/train/<class>/*.jpg (60 per class) and DIR/test/<class>/*.jpg (20 per class)."""
+    root = tmp_path / "shapes"
+    write_folder(root / "train", 60, suffix=".jpg", seed=1)
+    write_folder(root / "test", 20, suffix=".jpg", seed=2)
+    return root
+
+
+@pytest.fixture
+def flat_folder(tmp_path: Path) -> Path:
+    """DIR/<class>/*.png, 30 per class: autofit holds out its own test split."""
+    return write_folder(tmp_path / "flat", 30, suffix=".png", seed=3)

@@ -1,0 +1,66 @@
+"""Bad input: one line on stderr naming the problem, exit code 2, no traceback."""
+
+from pathlib import Path
+
+import pytest
+from conftest import write_folder
+from typer.testing import CliRunner
+
+from autofit.cli import app
+
+
+def _invoke(args):
+    result = CliRunner().invoke(app, ["run", *args])
+    return result.exit_code, result.stderr
+
+
+def _empty_class(p: Path) -> Path:
+    root = write_folder(p / "d", 2, size=8)
+    (root / "zebra").mkdir()
+    return root
+
+
+@pytest.mark.parametrize("make_args,needle", [
+    (lambda p: ["--data", str(p / "nope")], "nope does not exist"),
+    (lambda p: ["--data", str((p / "e").mkdir() or p / "e")], "is empty"),
+    (lambda p: ["--data", str(_empty_class(p))], "class folder .*zebra has no images"),
+    (lambda p: ["--data", str(write_folder(p / "one", 2, classes={"a": (1, 2, 3)}))],
+     "at least 2 classes"),
+    (lambda p: ["--max-params", "2X"], "--max-params"),
+    (lambda p: ["--max-params", "0"], "--max-params"),
+    (lambda p: ["--minutes", "abc"], "--minutes"),
+    (lambda p: ["--minutes", "-1"], "--minutes"),
+    (lambda p: ["--minutes", "nan"], "--minutes"),
+    (lambda p: ["--max-params", "1000"], "smallest .* has [0-9,]+ parameters"),
+    (lambda p: ["--out", str((p / "f").write_text("x") and p / "f" / "run")], "not writable"),
+    (lambda p: ["--space", str(p / "missing.yaml")], "missing.yaml does not exist"),
+    (lambda p: ["--budget", "nope"], "no budgets preset named 'nope'"),
+])
+def test_bad_input_is_one_clear_line(tmp_path: Path, make_args, needle):
+    args = make_args(tmp_path)
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "run")]
+    code, stderr = _invoke(["--minutes", "1", *args] if "--minutes" not in args else args)
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("autofit: error: "), stderr
+    assert "Traceback" not in stderr
+    import re
+
+    assert re.search(needle, lines[0]), lines[0]
+
+
+def test_out_holding_a_run_is_refused(tmp_path: Path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model.onnx").write_bytes(b"previous work")
+    code, stderr = _invoke(["--minutes", "1", "--out", str(out)])
+    assert code == 2 and "already holds a run" in stderr
+    assert (out / "model.onnx").read_bytes() == b"previous work"
+
+
+def test_help_lists_the_options():
+    result = CliRunner().invoke(app, ["run", "--help"])
+    assert result.exit_code == 0
+    for option in ("--data", "--minutes", "--max-params", "--out", "--seed"):
+        assert option in result.stdout

@@ -1,0 +1,83 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_folder
+from PIL import Image
+
+from autofit.dataset import discover, load, stratified_split
+from autofit.errors import DataError
+
+
+def test_split_layout_uses_given_test(split_folder: Path):
+    data = load(split_folder, seed=0, threads=2)
+    assert data.classes == ["blue", "green", "red", "yellow"]
+    assert data.sizes() == {"train": 216, "val": 24, "test": 80}
+    assert data.x_train.shape[1:] == (16, 16, 3) and data.x_train.dtype == np.uint8
+    assert np.bincount(data.y_val).tolist() == [6, 6, 6, 6]
+    assert "test" in data.source
+
+
+def test_flat_layout_holds_out_stratified_test(flat_folder: Path):
+    data = load(flat_folder, seed=0, threads=1)
+    assert data.sizes() == {"train": 86, "val": 10, "test": 24}
+    assert np.bincount(data.y_test).tolist() == [6, 6, 6, 6]
+    assert "stratified" in data.source
+
+
+def test_dali_decode_is_pixel_exact_for_png(tmp_path: Path):
+    root = write_folder(tmp_path / "d", 3, size=12, suffix=".png", seed=4)
+    _, train, _, _ = discover(root, seed=0)
+    data = load(root, seed=0, threads=1)
+    originals = {tuple(np.asarray(Image.open(f)).ravel()[:24]) for f in train.files}
+    decoded = {tuple(x.ravel()[:24]) for x in np.concatenate([data.x_train, data.x_val])}
+    assert decoded <= originals
+
+
+def test_greyscale_stays_one_channel(tmp_path: Path):
+    root = tmp_path / "grey"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(np.full((10, 10), 40 * i, np.uint8), "L").save(root / c / f"{i}.png")
+    data = load(root, seed=0, threads=1)
+    assert data.shape.channels == 1 and data.x_train.shape[-1] == 1
+
+
+def test_splits_are_seeded_and_disjoint():
+    labels = np.repeat(np.arange(5), 40)
+    kept, held = stratified_split(labels, 0.2, seed=3)
+    again = stratified_split(labels, 0.2, seed=3)
+    assert np.array_equal(kept, again[0]) and np.array_equal(held, again[1])
+    assert not set(kept) & set(held) and len(kept) + len(held) == 200
+    assert np.bincount(labels[held]).tolist() == [8] * 5
+
+
+def test_embedded_digits():
+    data = load(None, seed=0, threads=1)
+    assert data.classes == [str(i) for i in range(10)]
+    assert data.shape == (1, 8, 8, 10)
+    assert sum(data.sizes().values()) == 1797
+
+
+def _mk(root: Path, spec: dict[str, int]) -> Path:
+    for name, count in spec.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            Image.new("RGB", (4, 4)).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("build,message", [
+    (lambda p: p / "missing", "does not exist"),
+    (lambda p: (p / "empty").mkdir() or p / "empty", "is empty"),
+    (lambda p: _mk(p / "d", {"a": 3, "b": 0}), "class folder .*b has no images"),
+    (lambda p: _mk(p / "d", {"a": 3}), "at least 2 classes"),
+    (lambda p: (p / "f").mkdir() or (p / "f" / "x.png").write_bytes(b"") or p / "f",
+     "has no class folders"),
+    (lambda p: _mk(p / "d" / "train", {"a": 2, "b": 2}) and _mk(p / "d" / "test", {"c": 1})
+     and p / "d", "classes not in train: c"),
+])
+def test_bad_layouts_name_the_problem(tmp_path: Path, build, message):
+    with pytest.raises(DataError, match=message):
+        load(build(tmp_path), seed=0, threads=1)

@@ -1,0 +1,101 @@
+"""Whole runs with real Ray Tune, DALI (CPU), ONNX export and onnxruntime, on images the tests
+write. They assert the deadline contract, the artifacts, parity and learning."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from PIL import Image
+
+from autofit import Budget, run
+from autofit.export import onnx_param_count, to_input
+from autofit.models import DataShape
+from autofit.space import TrialConfig
+from autofit.trial import make_model
+
+
+def _test_images(root: Path, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded independently of autofit (PIL, not DALI)."""
+    xs, ys = [], []
+    for label, name in enumerate(classes):
+        for f in sorted((root / name).iterdir()):
+            xs.append(np.asarray(Image.open(f).convert("RGB")))
+            ys.append(label)
+    return np.stack(xs), np.array(ys)
+
+
+def test_cli_run_keeps_the_deadline_and_delivers_a_verified_model(split_folder: Path,
+                                                                   tmp_path: Path):
+    out = tmp_path / "run"
+    budget_s, cap = 45.0, 200_000
+    start = time.time()
+    proc = subprocess.run(
+        [sys.executable, "-m", "autofit", "run", "--data", str(split_folder), "--minutes",
+         str(budget_s / 60), "--max-params", "200k", "--out", str(out), "--seed", "1"],
+        capture_output=True, text=True, timeout=budget_s + 60,
+    )
+    wall = time.time() - start
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert wall <= budget_s + 5.0, f"ran {wall:.1f}s on a {budget_s:.0f}s budget"
+
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("test_accuracy", "val_accuracy", "params", "budget_s", "elapsed_s", "phases",
+                "trials", "best_config", "device", "data_pipeline", "classes", "input_shape",
+                "autofit_version", "seed"):
+        assert key in summary, key
+    assert summary["data_pipeline"] == "dali-cpu" and summary["seed"] == 1
+    assert set(summary["phases"]) == {"setup", "search", "refit", "export", "evaluate", "report"}
+    assert sum(summary["phases"].values()) <= budget_s
+    assert summary["classes"] == ["blue", "green", "red", "yellow"]
+    assert summary["params"] <= cap and summary["trials"] >= 1
+    assert (out / "run.log").read_text().count("trial 1 start") == 1
+
+    with open(out / "leaderboard.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == summary["trials"]
+    assert all(int(r["params"]) <= cap for r in rows)
+
+    model_path = out / "model.onnx"
+    proto = onnx.load(str(model_path))
+    onnx.checker.check_model(proto, full_check=True)
+    assert not any(t.external_data for t in proto.graph.initializer)
+    assert onnx_param_count(proto) <= cap
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["classes"]) == summary["classes"]
+    assert json.loads(meta["input_shape"]) == [3, 16, 16]
+    assert json.loads(meta["budget"]) == {"minutes": budget_s / 60, "max_params": cap}
+
+    x, y = _test_images(split_folder / "test", summary["classes"])
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    logits = session.run(["logits"], {"input": to_input(x)})[0]
+    accuracy = float((logits.argmax(1) == y).mean())
+    assert accuracy >= 0.7, accuracy  # 4 classes: chance is 0.25
+    assert abs(accuracy - summary["test_accuracy"]) <= 0.05
+
+    config = TrialConfig.model_validate(summary["best_config"])
+    model = make_model(config, DataShape(3, 16, 16, 4), [0.0] * 3, [1.0] * 3)
+    model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    with torch.no_grad():
+        want = model.eval()(torch.from_numpy(to_input(x))).numpy()
+    assert np.abs(logits - want).max() <= 1e-3
+
+
+def test_python_api_runs_and_exports(flat_folder: Path, tmp_path: Path):
+    budget = Budget(minutes=0.5, max_params="100k")
+    start = time.time()
+    result = run(flat_folder, budget, out=tmp_path / "api", seed=0, quiet=True)
+    assert time.time() - start <= budget.seconds + 5.0
+    assert result.params <= 100_000 and 0.0 <= result.test_accuracy <= 1.0
+    assert result.test_accuracy == result.summary["test_accuracy"]
+    target = result.export(tmp_path / "deploy" / "model.onnx")
+    assert target.read_bytes() == result.model_path.read_bytes()
+    assert result.test_accuracy > 0.4  # 4 classes, 86 training images

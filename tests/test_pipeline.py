@@ -1,0 +1,57 @@
+import numpy as np
+import torch
+
+from autofit.pipeline import BatchLoader
+
+
+def _images(n=64, size=16, channels=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, size, size, channels), dtype=np.uint8), np.arange(n) % 4
+
+
+def test_eval_batches_are_exact_and_ordered():
+    x, y = _images(50)
+    loader = BatchLoader(x, y, 16, train=False)
+    xs, ys = zip(*loader, strict=True)
+    assert len(loader) == 4 and [len(b) for b in ys] == [16, 16, 16, 2]
+    want = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255
+    assert torch.equal(torch.cat(xs), want) and torch.equal(torch.cat(ys), torch.from_numpy(y))
+
+
+def test_train_batches_augment_shuffle_and_keep_labels():
+    x, _ = _images(64)
+    y = np.arange(64)  # label = index, to find each image's source
+    loader = BatchLoader(x, y, 16, train=True, seed=1)
+    seen, changed = [], 0
+    for xb, yb in loader:
+        assert xb.shape == (16, 3, 16, 16) and xb.dtype == torch.float32
+        assert float(xb.min()) >= 0.0 and float(xb.max()) <= 1.0
+        for img, label in zip(xb, yb, strict=True):
+            src = torch.from_numpy(x[int(label)]).permute(2, 0, 1).float() / 255
+            changed += not torch.equal(img, src)
+        seen += yb.tolist()
+    assert sorted(seen) == list(range(64)) and seen != list(range(64))
+    assert changed > 32  # random crops and flips move most images
+
+
+def test_augmented_pixels_come_from_the_source_image():
+    x, _ = _images(8, size=12)
+    loader = BatchLoader(x, np.arange(8), 8, train=True, hflip=False, seed=0)
+    xb, yb = next(iter(loader))
+    for img, label in zip(xb, yb, strict=True):
+        src = torch.from_numpy(x[int(label)]).permute(2, 0, 1).float() / 255
+        nonzero = img[img > 0]
+        assert torch.isin(nonzero, src).all()  # a shifted copy padded with zeros
+
+
+def test_training_order_and_augmentation_are_seeded():
+    x, _ = _images(32)
+    y = np.arange(32)
+
+    def epoch(seed):
+        batches = list(BatchLoader(x, y, 8, train=True, seed=seed))
+        return torch.cat([b for b, _ in batches]), [y.tolist() for _, y in batches]
+
+    (first, order), (again, order_again) = epoch(5), epoch(5)
+    assert order == order_again and torch.equal(first, again)
+    assert order != epoch(6)[1]
