@@ -39,7 +39,8 @@ def refit(dataset: Dataset, best: TrialRecord, *, stop_at: float, device: str, t
     x = np.concatenate([dataset.x_train, dataset.x_val])
     y = np.concatenate([dataset.y_train, dataset.y_val])
     mean, std = dataset.mean_std
-    model = make_model(best.config, dataset.shape, mean, std).to(device)
+    model = make_model(best.config, dataset.shape, mean, std)
+    model = model.to(device, memory_format=torch.channels_last)
     recipe = best.config.recipe
     loader = BatchLoader(x, y, recipe.batch_size, train=True, hflip=recipe.hflip, seed=seed,
                          threads=threads, device=device)
@@ -58,4 +59,4 @@ def refit(dataset: Dataset, best: TrialRecord, *, stop_at: float, device: str, t
                      train_images=len(x))
     log.info("refit done: %.2f epochs, %d steps in %.1fs (%s)", info.epochs, info.steps,
              info.seconds, info.state)
-    return model.eval().cpu(), info
+    return model.eval().to("cpu", memory_format=torch.contiguous_format), info

@@ -142,14 +142,15 @@ def _run(data: str | Path | None, budget: Budget, clock: Clock, out_dir: Path, s
              dataset.sizes(), "x".join(map(str, dataset.shape[:3])))
     space.check_fits(dataset.shape, budget.max_params)
     device = _device(log)
-    with ray_session(ray_address, threads) as where:
+    with ray_session(ray_address, threads, device) as workers:
         plan = Plan.make(budget, clock, len(dataset.y_test))
         log.info("plan: setup %.1fs, search %.1fs (trials of %.1fs, ASHA milestones %s), "
                  "refit ~%.1fs, final reserve %.1fs; %s", plan.setup_s, plan.search_s,
-                 plan.trial_s, list(plan.milestones), plan.refit_s, plan.final_reserve_s, where)
+                 plan.trial_s, list(plan.milestones), plan.refit_s, plan.final_reserve_s,
+                 workers.where)
         clock.start_phase("search")
         outcome = run_search(dataset, space, budget.max_params, plan, seed=seed,
-                             out_dir=out_dir, device=device, threads=threads, log=log)
+                             out_dir=out_dir, device=device, workers=workers, log=log)
     write_leaderboard(out_dir / "leaderboard.csv", outcome.records)
     best = outcome.best
     log.info("search: %d trials, best trial %d val_acc %.4f: %s", len(outcome.records),

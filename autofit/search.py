@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -129,8 +129,19 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "unknown error"
 
 
+@dataclass(frozen=True)
+class Workers:
+    """Where trials run and what each gets: a whole node's CPUs (one trial per node), or one
+    GPU per trial when training on GPUs."""
+
+    where: str
+    trial_cpus: int
+    trial_gpus: int
+    concurrency: int
+
+
 def run_search(dataset: Dataset, space: SearchSpace, max_params: int, plan: Plan, *,
-               seed: int, out_dir: Path, device: str, threads: int,
+               seed: int, out_dir: Path, device: str, workers: Workers,
                log: logging.Logger) -> SearchOutcome:
     """Run the Ray Tune search until `plan.search_deadline`; return every trial's record."""
     from ray import tune
@@ -140,9 +151,10 @@ def run_search(dataset: Dataset, space: SearchSpace, max_params: int, plan: Plan
         x_train=dataset.x_train, y_train=dataset.y_train, x_val=dataset.x_val,
         y_val=dataset.y_val, shape=dataset.shape, mean=dataset.mean_std[0],
         std=dataset.mean_std[1], trial_seconds=plan.trial_s, milestones=plan.milestones,
-        search_deadline=plan.search_deadline, threads=threads, device=device, seed=seed,
+        search_deadline=plan.search_deadline, threads=workers.trial_cpus, device=device,
+        seed=seed,
     )
-    resources = {"cpu": threads, "gpu": 1 if device == "cuda" else 0}
+    resources = {"cpu": workers.trial_cpus, "gpu": workers.trial_gpus}
     scheduler = ASHAScheduler(time_attr="train_seconds", max_t=plan.trial_s,
                               grace_period=plan.milestones[0] if plan.milestones else plan.trial_s,
                               reduction_factor=3)
@@ -153,7 +165,8 @@ def run_search(dataset: Dataset, space: SearchSpace, max_params: int, plan: Plan
         tune_config=tune.TuneConfig(
             metric=METRIC, mode="max", scheduler=scheduler, num_samples=100_000,
             search_alg=make_searcher(space, dataset, max_params, seed, stop_suggesting_at),
-            max_concurrent_trials=1, time_budget_s=plan.search_s + 5.0, reuse_actors=True,
+            max_concurrent_trials=workers.concurrency, time_budget_s=plan.search_s + 5.0,
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name="search", storage_path=str((out_dir / "tune").resolve()), verbose=0,
@@ -174,8 +187,8 @@ def run_search(dataset: Dataset, space: SearchSpace, max_params: int, plan: Plan
 
 
 @contextmanager
-def ray_session(address: str | None, threads: int) -> Iterator[str]:
-    """Connect to `address` (an existing cluster) or start a local Ray; yield a description.
+def ray_session(address: str | None, threads: int, device: str) -> Iterator[Workers]:
+    """Connect to `address` (an existing cluster) or start a local Ray; yield its workers.
 
     Only a Ray this call started is shut down, and Tune's per-trial loggers are off: the
     leaderboard and summary are autofit's record of the search.
@@ -197,9 +210,16 @@ def ray_session(address: str | None, threads: int) -> Iterator[str]:
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise AutofitError(f"cannot start or reach Ray at {address or 'local'}: "
                                f"{_last_line(str(err))}") from None
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    cpus = int(max(node.get("CPU", 1) for node in nodes))
+    if device == "cuda":
+        workers = Workers("", cpus, 1, max(1, int(sum(n.get("GPU", 0) for n in nodes))))
+    else:
+        workers = Workers("", cpus, 0, sum(1 for n in nodes if n.get("CPU", 0) >= cpus))
     where = f"ray cluster at {address}" if address else "local ray"
     try:
-        yield where
+        yield replace(workers, where=f"{where}: {len(nodes)} node(s), {workers.concurrency} "
+                                     f"trial(s) at a time, {cpus} CPUs each")
     finally:
         if started:
             ray.shutdown()

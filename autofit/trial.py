@@ -106,19 +106,23 @@ def train(model: nn.Module, loader: BatchLoader, recipe: Recipe, *, stop_at: flo
     def progress() -> float:
         return max(steps / total_steps, train_s / total_seconds)
 
+    def eval_limit() -> float:
+        return max(MIN_EVAL_S, EVAL_SHARE * train_s)
+
     def eval_reserve() -> float:
-        """Seconds the next evaluation will take: measured, or guessed from training speed."""
+        """Seconds the next evaluation will take: measured, or guessed from training speed,
+        and never more than its limit."""
         if not n_val or not seen:
             return 0.0
         rate = eval_rate if not math.isnan(eval_rate) else 3 * seen / max(train_s, 1e-9)
-        return 1.2 * n_val / max(rate, 1.0)
+        return min(1.2 * n_val / max(rate, 1.0), eval_limit())
 
     def snapshot(final_state: str) -> Progress:
         nonlocal eval_rate, eval_s
         acc, val_images = math.nan, 0
         if val is not None:
             tick = time.perf_counter()
-            eval_until = min(stop_at, time.time() + max(MIN_EVAL_S, EVAL_SHARE * train_s))
+            eval_until = min(stop_at, time.time() + eval_limit())
             acc, eval_rate, val_images = evaluate(model, val, eval_until)
             eval_s += time.perf_counter() - tick
         p = Progress(val_accuracy=acc, val_images=val_images, train_seconds=round(train_s, 3),
@@ -190,7 +194,8 @@ def trainable(config: dict, data: TrialData) -> None:
     torch.set_num_threads(data.threads)
     trial = TrialConfig.model_validate(config)
     torch.manual_seed(data.seed)
-    model = make_model(trial, data.shape, data.mean, data.std).to(data.device)
+    model = make_model(trial, data.shape, data.mean, data.std)
+    model = model.to(data.device, memory_format=torch.channels_last)
     loader = BatchLoader(data.x_train, data.y_train, trial.recipe.batch_size, train=True,
                          hflip=trial.recipe.hflip, seed=data.seed, threads=data.threads,
                          device=data.device)

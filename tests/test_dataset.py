@@ -20,8 +20,9 @@ def test_split_layout_uses_given_test(split_folder: Path):
 
 def test_flat_layout_holds_out_stratified_test(flat_folder: Path):
     data = load(flat_folder, seed=0, threads=1)
-    assert data.sizes() == {"train": 86, "val": 10, "test": 24}
+    assert data.sizes() == {"train": 88, "val": 8, "test": 24}  # 20% test, 10% of the rest val
     assert np.bincount(data.y_test).tolist() == [6, 6, 6, 6]
+    assert np.bincount(data.y_val).tolist() == [2, 2, 2, 2]
     assert "stratified" in data.source
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
@@ -46,6 +47,7 @@ def test_cli_run_keeps_the_deadline_and_delivers_a_verified_model(split_folder: 
     wall = time.time() - start
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert wall <= budget_s + 5.0, f"ran {wall:.1f}s on a {budget_s:.0f}s budget"
+    assert "Traceback" not in proc.stdout + proc.stderr
 
     summary = json.loads((out / "summary.json").read_text())
     for key in ("test_accuracy", "val_accuracy", "params", "budget_s", "elapsed_s", "phases",
@@ -99,3 +101,34 @@ def test_python_api_runs_and_exports(flat_folder: Path, tmp_path: Path):
     target = result.export(tmp_path / "deploy" / "model.onnx")
     assert target.read_bytes() == result.model_path.read_bytes()
     assert result.test_accuracy > 0.4  # 4 classes, 86 training images
+
+
+def test_run_on_an_existing_ray_cluster(flat_folder: Path, tmp_path: Path):
+    """The same run, sent to a Ray head started outside autofit (as a user's cluster is)."""
+    port = _free_port()
+    ray_bin = Path(sys.executable).parent / "ray"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # a loopback-only test cluster
+    subprocess.run([str(ray_bin), "start", "--head", f"--port={port}", "--num-cpus=2",
+                    "--node-ip-address=127.0.0.1", "--include-dashboard=false",
+                    "--disable-usage-stats"], check=True, capture_output=True, timeout=120,
+                   env=env)
+    try:
+        out = tmp_path / "cluster"
+        proc = subprocess.run(
+            [sys.executable, "-m", "autofit", "run", "--data", str(flat_folder), "--minutes",
+             "0.6", "--max-params", "100k", "--out", str(out), "--ray-address",
+             f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=120, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"ray cluster at 127.0.0.1:{port}" in (out / "run.log").read_text()
+        assert json.loads((out / "summary.json").read_text())["trials"] >= 1
+    finally:
+        subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, timeout=120,
+                       env=env)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
