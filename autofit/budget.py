@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from autofit.errors import UsageError, one_line
 
 MAX_MINUTES = 7 * 24 * 60
+MIN_MINUTES = 0.25  # start-up alone (imports, Ray) takes seconds; below this nothing can train
 MAX_PARAMS = 10_000_000_000
 _SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
 
@@ -58,6 +59,9 @@ class Budget(BaseModel):
             raise UsageError(f"--minutes must be a positive number, not {value!r}") from None
         if not math.isfinite(minutes) or minutes <= 0 or minutes > MAX_MINUTES:
             raise UsageError(f"--minutes must be > 0 and at most {MAX_MINUTES}, not {value!r}")
+        if minutes < MIN_MINUTES:
+            raise UsageError(f"--minutes {minutes:g} is too short: start-up alone takes seconds; "
+                             f"give at least {MIN_MINUTES}")
         return minutes
 
     @field_validator("max_params", mode="before")

@@ -190,13 +190,15 @@ def run_search(dataset: Dataset, space: SearchSpace, max_params: int, plan: Plan
 def ray_session(address: str | None, threads: int, device: str) -> Iterator[Workers]:
     """Connect to `address` (an existing cluster) or start a local Ray; yield its workers.
 
-    Only a Ray this call started is shut down, and Tune's per-trial loggers are off: the
-    leaderboard and summary are autofit's record of the search.
+    Only a Ray this call started is shut down. Tune's per-trial loggers are off (the
+    leaderboard and summary are autofit's record of the search).
     """
     import ray
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Ctrl-C must stop the whole run: Tune's own handler would end only the search.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     started = not ray.is_initialized()
     if started:
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,

@@ -24,7 +24,7 @@ def test_parse_params_rejects_with_option_name(text):
         parse_params(text)
 
 
-@pytest.mark.parametrize("minutes", [0, -1, "nan", "inf", "abc", 1e9, None, ""])
+@pytest.mark.parametrize("minutes", [0, -1, "nan", "inf", "abc", 1e9, None, "", 0.1])
 def test_budget_rejects_bad_minutes(minutes):
     with pytest.raises(UsageError, match="--minutes"):
         Budget(minutes=minutes)
