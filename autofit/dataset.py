@@ -8,6 +8,7 @@ and seeded.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +22,9 @@ from autofit.models import DataShape
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff",
                             ".webp"})
+TAIL_BYTES = 1024
+MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*", b"P2", b"P3",
+         b"P5", b"P6")
 TEST_FRACTION = 0.2
 VAL_FRACTION = 0.1
 MAX_VAL = 5000
@@ -91,6 +95,28 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int,
     return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
 
 
+def check_image_file(path: Path) -> None:
+    """Refuse what is not a whole image by its first and last bytes: an empty file, a text file
+    named .jpg, a JPEG or PNG cut short. DALI 2.4's CPU decoder can crash the process (SIGSEGV)
+    on such files instead of raising, so they must not reach it."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(12)
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - TAIL_BYTES))
+            tail = handle.read()
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror or err}") from None
+    if not head:
+        raise DataError(f"{path} is empty (0 bytes)")
+    if not (head.startswith(MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")):
+        raise DataError(f"{path} is not a JPEG, PNG, BMP, PPM/PGM, TIFF or WebP image")
+    if head.startswith(b"\xff\xd8") and b"\xff\xd9" not in tail:
+        raise DataError(f"{path} is a truncated JPEG (no end-of-image marker)")
+    if head.startswith(b"\x89PNG") and b"IEND" not in tail:
+        raise DataError(f"{path} is a truncated PNG (no IEND chunk)")
+
+
 def _class_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
@@ -108,12 +134,13 @@ def _list_split(root: Path, classes: list[str] | None = None) -> tuple[list[str]
     files: list[str] = []
     labels: list[int] = []
     for d in dirs:
-        images = sorted(str(p) for p in d.iterdir()
-                        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                        and not p.name.startswith("."))
+        images = sorted(p for p in d.iterdir() if p.is_file()
+                        and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
         if not images:
             raise DataError(f"class folder {d} has no images")
-        files += images
+        for image in images:
+            check_image_file(image)
+        files += [str(p) for p in images]
         labels += [index[d.name]] * len(images)
     if classes is None and len(names) < 2:
         raise DataError(f"{root} has {len(names)} class folder; at least 2 classes are needed")

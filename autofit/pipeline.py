@@ -1,6 +1,7 @@
 """NVIDIA DALI data path: decode files once into a uint8 cache, then augment it per batch.
 
-Decoding happens once per run (not per trial); every trial and the refit read the same cache
+Decoding (`autofit.decoder`) happens once per run, not per trial; every trial and the refit
+read the same cache
 and get their batches from a DALI pipeline (pad-and-random-crop, horizontal flip, scaling to
 [0, 1] floats, NCHW in channels_last layout). This module runs DALI's CPU backend;
 `backend_name` is what the run records, so a GPU path can be added behind the same two entry
@@ -9,56 +10,18 @@ points.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-from autofit.errors import DataError
+from autofit.decoder import decode
 
-DECODE_BATCH = 256
+__all__ = ["BatchLoader", "backend_name", "decode"]
 
 
 def backend_name() -> str:
     return "dali-cpu"
-
-
-def decode(files: Sequence[str], height: int, width: int, channels: int,
-           threads: int) -> np.ndarray:
-    """Decode and resize image files to an N x H x W x C uint8 array, in file order."""
-    from nvidia.dali import fn, pipeline_def, types
-
-    @pipeline_def(batch_size=DECODE_BATCH, num_threads=threads, device_id=None,
-                  prefetch_queue_depth=2)
-    def decoder():  # type: ignore[no-untyped-def]
-        encoded, _ = fn.readers.file(files=list(files), name="reader", random_shuffle=False,
-                                     pad_last_batch=True)
-        out_type = types.GRAY if channels == 1 else types.RGB
-        images = fn.decoders.image(encoded, device="cpu", output_type=out_type)
-        return fn.resize(images, resize_x=width, resize_y=height)
-
-    pipe = decoder()
-    pipe.build()
-    out = np.empty((len(files), height, width, channels), dtype=np.uint8)
-    done = 0
-    while done < len(files):
-        try:
-            (batch,) = pipe.run()
-        except RuntimeError as err:
-            raise DataError(f"cannot decode an image among {files[done]} .. "
-                            f"{files[min(done + DECODE_BATCH, len(files)) - 1]}: "
-                            f"{_first_line(err)}") from None
-        arr = batch.as_array()
-        take = min(len(arr), len(files) - done)
-        out[done:done + take] = arr[:take]
-        done += take
-    return out
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return next((line for line in lines if "Error" in line or "error" in line), lines[0]
-                if lines else type(err).__name__)
 
 
 class BatchLoader:

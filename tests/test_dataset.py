@@ -61,6 +61,13 @@ def test_embedded_digits():
     assert sum(data.sizes().values()) == 1797
 
 
+def _corrupt(root: Path, name: str, content: bytes | None) -> Path:
+    write_folder(root, 6, size=8, suffix=".jpg")
+    target = root / "red" / name
+    target.write_bytes(target.read_bytes()[:120] if content is None else content)
+    return root
+
+
 def _mk(root: Path, spec: dict[str, int]) -> Path:
     for name, count in spec.items():
         (root / name).mkdir(parents=True, exist_ok=True)
@@ -78,7 +85,32 @@ def _mk(root: Path, spec: dict[str, int]) -> Path:
      "has no class folders"),
     (lambda p: _mk(p / "d" / "train", {"a": 2, "b": 2}) and _mk(p / "d" / "test", {"c": 1})
      and p / "d", "classes not in train: c"),
+    (lambda p: _corrupt(p / "d", "0001.jpg", b""), "red/0001.jpg is empty"),
+    (lambda p: _corrupt(p / "d", "0002.jpg", b"hello, not a picture"),
+     "red/0002.jpg is not a JPEG, PNG"),
+    (lambda p: _corrupt(p / "d", "0003.jpg", None), "red/0003.jpg is a truncated JPEG"),
 ])
 def test_bad_layouts_name_the_problem(tmp_path: Path, build, message):
     with pytest.raises(DataError, match=message):
         load(build(tmp_path), seed=0, threads=1)
+
+
+def test_corrupt_jpeg_body_is_named_and_never_crashes_the_run(tmp_path: Path):
+    """Head and tail look fine, the middle is zeroed: DALI errors or crashes in its child
+    process; either way the run gets one error naming the file."""
+    root = write_folder(tmp_path / "d", 6, size=32, suffix=".jpg")
+    bad = root / "blue" / "0001.jpg"
+    data = bad.read_bytes()
+    bad.write_bytes(data[:40] + b"\0" * 200 + data[240:])
+    with pytest.raises(DataError, match="cannot decode image .*blue/0001.jpg"):
+        load(root, seed=0, threads=2)
+
+
+def test_decoder_crash_is_reported_with_the_file(tmp_path: Path, monkeypatch):
+    from autofit import decoder
+
+    root = write_folder(tmp_path / "d", 4, size=8, suffix=".png")
+    (root / "red" / "0002.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64 + b"IEND")
+    monkeypatch.setattr(decoder, "_run_child", lambda *a: {"status": "crash", "reason": "boom"})
+    with pytest.raises(DataError, match="cannot decode image .*red/0002.png"):
+        load(root, seed=0, threads=1)
