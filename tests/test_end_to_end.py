@@ -57,6 +57,8 @@ def test_cli_run_keeps_the_deadline_and_delivers_a_verified_model(split_folder: 
     assert summary["data_pipeline"] == "dali-cpu" and summary["seed"] == 1
     assert set(summary["phases"]) == {"setup", "search", "refit", "export", "evaluate", "report"}
     assert sum(summary["phases"].values()) <= budget_s
+    plan = summary["plan"]
+    assert summary["phases"]["search"] <= plan["search_s"] + 3.0  # trials stop at the deadline
     assert summary["classes"] == ["blue", "green", "red", "yellow"]
     assert summary["params"] <= cap and summary["trials"] >= 1
     assert (out / "run.log").read_text().count("trial 1 start") == 1
