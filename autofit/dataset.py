@@ -9,6 +9,7 @@ and seeded.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -179,12 +180,21 @@ def _probe(path: str) -> tuple[int, int, int]:
         raise DataError(f"cannot read image {path}: {err}") from None
 
 
-def load(root: Path | None, seed: int, threads: int) -> Dataset:
-    """Discover, split and decode (once) the dataset at `root`, or the embedded digits."""
+def load(root: Path | None, seed: int, threads: int,
+         check: Callable[[DataShape], None] | None = None) -> Dataset:
+    """Discover, split and decode (once) the dataset at `root`, or the embedded digits.
+
+    `check` sees the data's shape before the (slow) decode, so a run that cannot go ahead,
+    e.g. a parameter cap no model fits, fails in a second rather than after decoding."""
     if root is None:
-        return _digits(seed)
+        data = _digits(seed)
+        if check is not None:
+            check(data.shape)
+        return data
     classes, train, test, test_source = discover(Path(root), seed)
     height, width, channels = _probe(train.files[0])
+    if check is not None:
+        check(DataShape(channels, height, width, len(classes)))
     pixels = pipeline.decode(train.files + test.files, height, width, channels, threads)
     x_all, x_test = pixels[: len(train.files)], pixels[len(train.files):]
     return _with_val(str(root), classes, x_all, train.labels, x_test, test.labels, seed,

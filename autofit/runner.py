@@ -135,12 +135,12 @@ def _run(data: str | Path | None, budget: Budget, clock: Clock, out_dir: Path, s
     log.info("autofit %s: budget %.4g min, %s params max, seed %d, run dir %s", __version__,
              budget.minutes, f"{budget.max_params:,}", seed, out_dir)
     space = SearchSpace.load(preset("search_spaces", space_name))
-    dataset = load(Path(data) if data is not None else None, seed, threads)
+    dataset = load(Path(data) if data is not None else None, seed, threads,
+                   check=lambda shape: space.check_fits(shape, budget.max_params))
     for note in dataset.notes:
         log.info("data: %s", note)
     log.info("data: %s, %d classes, %s, images %s", dataset.source, len(dataset.classes),
              dataset.sizes(), "x".join(map(str, dataset.shape[:3])))
-    space.check_fits(dataset.shape, budget.max_params)
     device = _device(log)
     with ray_session(ray_address, threads, device) as workers:
         plan = Plan.make(budget, clock, len(dataset.y_test))
