@@ -24,7 +24,7 @@ from autofit.trial import make_model, train
 @dataclass(frozen=True)
 class RefitInfo:
     seconds_planned: float
-    epochs_planned: float
+    epochs_planned: float | None
     epochs: float
     steps: int
     seconds: float
@@ -45,15 +45,21 @@ def refit(dataset: Dataset, best: TrialRecord, *, stop_at: float, device: str, t
     loader = BatchLoader(x, y, recipe.batch_size, train=True, hflip=recipe.hflip, seed=seed,
                          threads=threads, device=device)
     seconds = max(stop_at - time.time(), 0.0)
-    rate = float(best.metrics.get("images_per_s", 0.0))
-    steps_planned = max(1, math.floor(seconds * rate / loader.batch_size))
-    epochs_planned = steps_planned * loader.batch_size / len(x)
-    log.info("refit: %s on %d train+val images, %.1f epochs planned in %.1fs (%.0f img/s measured)",
-             best.config.describe(), len(x), epochs_planned, seconds, rate)
+    rate = float(best.metrics.get("images_per_s") or 0.0)
+    if rate > 0:
+        steps_planned: float = max(1, math.floor(seconds * rate / loader.batch_size))
+        epochs_planned: float | None = steps_planned * loader.batch_size / len(x)
+        log.info("refit: %s on %d train+val images, %.1f epochs planned in %.1fs (%.0f img/s "
+                 "measured)", best.config.describe(), len(x), epochs_planned, seconds, rate)
+    else:  # the winner never finished a step in the search: size the refit by time alone
+        steps_planned, epochs_planned = math.inf, None
+        log.info("refit: %s on %d train+val images for %.1fs (no throughput was measured in "
+                 "the search)", best.config.describe(), len(x), seconds)
     start = time.time()
     final = train(model, loader, recipe, stop_at=stop_at, total_steps=steps_planned,
                   total_seconds=seconds)
-    info = RefitInfo(seconds_planned=round(seconds, 3), epochs_planned=round(epochs_planned, 3),
+    info = RefitInfo(seconds_planned=round(seconds, 3),
+                     epochs_planned=None if epochs_planned is None else round(epochs_planned, 3),
                      epochs=final.epoch, steps=final.steps,
                      seconds=round(time.time() - start, 3), state=final.state,
                      train_images=len(x))

@@ -153,8 +153,9 @@ def _run(data: str | Path | None, budget: Budget, clock: Clock, out_dir: Path, s
                              out_dir=out_dir, device=device, workers=workers, log=log)
     write_leaderboard(out_dir / "leaderboard.csv", outcome.records)
     best = outcome.best
-    log.info("search: %d trials, best trial %d val_acc %.4f: %s", len(outcome.records),
-             best.number, best.score, best.config.describe())
+    log.info("search: %d trials (ended %+.1fs from its deadline), best trial %d val_acc %.4f: "
+             "%s", len(outcome.records), outcome.overrun_s, best.number, best.score,
+             best.config.describe())
 
     clock.start_phase("refit")
     eval_rate = float(best.metrics.get("eval_images_per_s") or 0.0) or None
@@ -214,6 +215,7 @@ def _summary(budget: Budget, clock: Clock, plan: Plan, dataset: Dataset, outcome
         "elapsed_s": round(clock.elapsed(), 3),
         "phases": clock.phases(),
         "plan": plan.model_dump(),
+        "search_overrun_s": outcome.overrun_s,
         "trials": len(outcome.records),
         "trial_status": statuses,
         "best_trial": best.number,

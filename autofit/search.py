@@ -54,6 +54,7 @@ class TrialRecord:
 @dataclass
 class SearchOutcome:
     records: list[TrialRecord]
+    overrun_s: float  # how long after the search deadline Tune handed back (negative: before)
 
     @property
     def best(self) -> TrialRecord:
@@ -174,10 +175,14 @@ def run_search(dataset: Dataset, space: SearchSpace, max_params: int, plan: Plan
         ),
     )
     tuner.fit()
+    overrun = time.time() - plan.search_deadline
     for record in records.values():
         if record.error is None and record.metrics:
-            record.status = STATUS.get(str(record.metrics.get("state")), "no result")
-    outcome = SearchOutcome(sorted(records.values(), key=lambda r: r.number))
+            state = str(record.metrics.get("state"))
+            if state == "running" and record.metrics["train_seconds"] >= plan.trial_s:
+                state = "completed"  # ASHA ends a trial at max_t before its own last report
+            record.status = STATUS.get(state, "no result")
+    outcome = SearchOutcome(sorted(records.values(), key=lambda r: r.number), round(overrun, 3))
     if not outcome.records:
         raise AutofitError("the search ran no trial before its deadline; give a larger budget")
     if outcome.best.score < 0:

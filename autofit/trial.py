@@ -88,6 +88,7 @@ def train(model: nn.Module, loader: BatchLoader, recipe: Recipe, *, stop_at: flo
     `milestones` second of training (when `val` is given), and return the final state."""
     if math.isinf(total_seconds) and math.isinf(total_steps):
         raise ValueError("train needs total_seconds or total_steps")
+    total_seconds, total_steps = max(total_seconds, 1e-6), max(total_steps, 1)
     decay, no_decay = [], []
     for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)

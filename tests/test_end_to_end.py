@@ -46,7 +46,7 @@ def test_cli_run_keeps_the_deadline_and_delivers_a_verified_model(split_folder: 
     )
     wall = time.time() - start
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert wall <= budget_s + 5.0, f"ran {wall:.1f}s on a {budget_s:.0f}s budget"
+    assert wall <= budget_s + 5.0, f"ran {wall:.1f}s on a {budget_s:.0f}s budget: {proc.stdout}"
     assert "Traceback" not in proc.stdout + proc.stderr
 
     summary = json.loads((out / "summary.json").read_text())
@@ -57,8 +57,7 @@ def test_cli_run_keeps_the_deadline_and_delivers_a_verified_model(split_folder: 
     assert summary["data_pipeline"] == "dali-cpu" and summary["seed"] == 1
     assert set(summary["phases"]) == {"setup", "search", "refit", "export", "evaluate", "report"}
     assert sum(summary["phases"].values()) <= budget_s
-    plan = summary["plan"]
-    assert summary["phases"]["search"] <= plan["search_s"] + 3.0  # trials stop at the deadline
+    assert summary["search_overrun_s"] <= 1.5, summary  # trials stop at the search deadline
     assert summary["classes"] == ["blue", "green", "red", "yellow"]
     assert summary["params"] <= cap and summary["trials"] >= 1
     assert (out / "run.log").read_text().count("trial 1 start") == 1
@@ -82,7 +81,7 @@ def test_cli_run_keeps_the_deadline_and_delivers_a_verified_model(split_folder: 
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     logits = session.run(["logits"], {"input": to_input(x)})[0]
     accuracy = float((logits.argmax(1) == y).mean())
-    assert accuracy >= 0.7, accuracy  # 4 classes: chance is 0.25
+    assert accuracy >= 0.7, (accuracy, summary)  # 4 classes: chance is 0.25
     assert abs(accuracy - summary["test_accuracy"]) <= 0.05
 
     config = TrialConfig.model_validate(summary["best_config"])

@@ -1,0 +1,55 @@
+import logging
+import math
+import time
+
+import pytest
+
+from autofit.dataset import load
+from autofit.refit import refit
+from autofit.search import TrialRecord
+from autofit.space import Recipe, TrialConfig
+
+CONFIG = TrialConfig(family="resnet", arch={"depth": 8, "width": 8},
+                     recipe=Recipe(batch_size=64, lr=0.05, weight_decay=5e-4), params=19_770)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load(None, seed=0, threads=2)
+
+
+def _record(metrics):
+    return TrialRecord(1, "t1", CONFIG.model_copy(update={"params": _params()}), metrics)
+
+
+def _params():
+    from autofit import models
+    from autofit.models import DataShape
+
+    return models.count_for("resnet", CONFIG.arch, DataShape(1, 8, 8, 10))
+
+
+def test_refit_epochs_come_from_measured_throughput(digits):
+    stop_at = time.time() + 8.0
+    _, info = refit(digits, _record({"images_per_s": 300.0}), stop_at=stop_at, device="cpu",
+                    threads=2, seed=0, log=logging.getLogger("test"))
+    n = len(digits.y_train) + len(digits.y_val)
+    assert info.train_images == n
+    assert info.epochs_planned == pytest.approx(info.seconds_planned * 300 / n, rel=0.1)
+    assert info.epochs == pytest.approx(info.epochs_planned, rel=0.1)
+    assert info.state == "completed" and time.time() <= stop_at + 0.5
+
+
+def test_refit_with_no_time_left_still_returns_a_model(digits):
+    model, info = refit(digits, _record({"images_per_s": 300.0}), stop_at=time.time() - 1,
+                        device="cpu", threads=2, seed=0, log=logging.getLogger("test"))
+    assert info.steps == 0 and info.state == "deadline" and model is not None
+
+
+def test_refit_without_a_measured_throughput_uses_the_time_left(digits):
+    start = time.time()
+    _, info = refit(digits, _record({}), stop_at=start + 5.0, device="cpu", threads=2, seed=0,
+                    log=logging.getLogger("test"))
+    assert info.epochs_planned is None and info.steps > 1
+    assert info.seconds >= 0.8 * info.seconds_planned and time.time() - start <= 5.5
+    assert not math.isnan(info.epochs)
