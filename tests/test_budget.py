@@ -3,6 +3,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from autofit.budget import Budget, Clock, Plan, parse_params
 from autofit.errors import UsageError
@@ -75,3 +77,16 @@ def test_plan_splits_what_is_left_and_refuses_too_little():
     late = Clock(budget.seconds, started_at=time.time() - 58)
     with pytest.raises(UsageError, match="too little"):
         Plan.make(budget, late, n_test=100)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=12), st.integers(), st.floats(allow_nan=True)))
+def test_any_option_text_is_a_budget_or_one_clear_error(value):
+    """Fuzzed --minutes / --max-params: a valid budget or a UsageError, never anything else."""
+    for field in ("minutes", "max_params"):
+        try:
+            budget = Budget(**{field: value})
+        except UsageError as err:
+            assert f"--{field.replace('_', '-')}" in str(err) and "\n" not in str(err)
+        else:
+            assert budget.seconds >= 15 and 1 <= budget.max_params <= 10_000_000_000
