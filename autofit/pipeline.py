@@ -1,11 +1,10 @@
 """NVIDIA DALI data path: decode files once into a uint8 cache, then augment it per batch.
 
 Decoding (`autofit.decoder`) happens once per run, not per trial; every trial and the refit
-read the same cache
-and get their batches from a DALI pipeline (pad-and-random-crop, horizontal flip, scaling to
-[0, 1] floats, NCHW in channels_last layout). This module runs DALI's CPU backend;
-`backend_name` is what the run records, so a GPU path can be added behind the same two entry
-points.
+read the same cache and get their batches from a DALI pipeline (pad-and-random-crop,
+horizontal flip, scaling to [0, 1] floats, NCHW in channels_last layout). This module runs
+DALI's CPU backend; `backend_name` is what the run records, so a GPU path can be added behind
+the same two entry points.
 """
 
 from __future__ import annotations

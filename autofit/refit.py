@@ -39,8 +39,7 @@ def refit(dataset: Dataset, best: TrialRecord, *, stop_at: float, device: str, t
     x = np.concatenate([dataset.x_train, dataset.x_val])
     y = np.concatenate([dataset.y_train, dataset.y_val])
     mean, std = dataset.mean_std
-    model = make_model(best.config, dataset.shape, mean, std)
-    model = model.to(device, memory_format=torch.channels_last)
+    model = make_model(best.config, dataset.shape, mean, std, device)
     recipe = best.config.recipe
     loader = BatchLoader(x, y, recipe.batch_size, train=True, hflip=recipe.hflip, seed=seed,
                          threads=threads, device=device)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from autofit import __version__, pipeline
-from autofit.budget import Budget, Clock, Plan, final_reserve
+from autofit.budget import EVAL_RATE_GUESS, Budget, Clock, Plan, final_reserve
 from autofit.dataset import Dataset, load
 from autofit.errors import AutofitError, UsageError
 from autofit.evaluate import onnx_accuracy
@@ -158,8 +158,8 @@ def _run(data: str | Path | None, budget: Budget, clock: Clock, out_dir: Path, s
              best.config.describe())
 
     clock.start_phase("refit")
-    eval_rate = float(best.metrics.get("eval_images_per_s") or 0.0) or None
-    reserve = final_reserve(len(dataset.y_test), eval_rate or 500.0)
+    eval_rate = float(best.metrics.get("eval_images_per_s") or 0.0) or EVAL_RATE_GUESS
+    reserve = final_reserve(len(dataset.y_test), eval_rate)
     model, refit_info = refit(dataset, best, stop_at=clock.deadline - reserve, device=device,
                               threads=threads, seed=seed, log=log)
 

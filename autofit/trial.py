@@ -53,13 +53,15 @@ def lr_factor(progress: float) -> float:
     return max(0.0, (1.0 - progress) / (1.0 - WARMUP))
 
 
-def make_model(config: TrialConfig, shape: DataShape, mean: list[float],
-               std: list[float]) -> Classifier:
+def make_model(config: TrialConfig, shape: DataShape, mean: list[float], std: list[float],
+               device: str = "cpu") -> Classifier:
+    """The config's model on `device`, channels_last (what the loaders feed), with its
+    parameter count checked against the one the search fitted to the cap."""
     model = Classifier(models.build_for(config.family, config.arch, shape), mean, std)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if params != config.params:
         raise RuntimeError(f"{config.describe()}: built {params} params, counted {config.params}")
-    return model
+    return model.to(device, memory_format=torch.channels_last)
 
 
 @torch.no_grad()
@@ -195,8 +197,7 @@ def trainable(config: dict, data: TrialData) -> None:
     torch.set_num_threads(data.threads)
     trial = TrialConfig.model_validate(config)
     torch.manual_seed(data.seed)
-    model = make_model(trial, data.shape, data.mean, data.std)
-    model = model.to(data.device, memory_format=torch.channels_last)
+    model = make_model(trial, data.shape, data.mean, data.std, data.device)
     loader = BatchLoader(data.x_train, data.y_train, trial.recipe.batch_size, train=True,
                          hflip=trial.recipe.hflip, seed=data.seed, threads=data.threads,
                          device=data.device)
