@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Budget", "RunResult", "run", "__version__"]
+__all__ = ["Budget", "RunResult", "resume", "run", "__version__"]
 
 if TYPE_CHECKING:
     from autofit.budget import Budget
-    from autofit.runner import RunResult, run
+    from autofit.runner import RunResult, resume, run
 
 
 def __getattr__(name: str) -> Any:
@@ -18,7 +18,7 @@ def __getattr__(name: str) -> Any:
         from autofit.budget import Budget
 
         return Budget
-    if name in {"run", "RunResult"}:
+    if name in {"run", "resume", "RunResult"}:
         from autofit import runner
 
         return getattr(runner, name)

@@ -105,17 +105,25 @@ class Clock:
     """Wall-clock deadline shared by every phase (and by Ray workers, as a plain timestamp).
 
     The run starts in phase "setup" at `started_at`; `start_phase` closes the open phase, so
-    the recorded phases tile the whole run with no gaps.
+    the recorded phases tile the whole run with no gaps. A resumed run passes the phases its
+    earlier lives `spent`: they count against the budget, the time it lay dead does not.
     """
 
-    def __init__(self, budget_s: float, started_at: float | None = None) -> None:
+    def __init__(self, budget_s: float, started_at: float | None = None,
+                 spent: dict[str, float] | None = None) -> None:
         self.started_at = time.time() if started_at is None else started_at
-        self.deadline = self.started_at + budget_s
+        self._before = dict(spent or {})
+        self.spent_before = sum(self._before.values())
+        self.deadline = self.started_at + budget_s - self.spent_before
         self._spent: dict[str, float] = {}
         self._open: tuple[str, float] = ("setup", self.started_at)
 
+    @property
+    def phase(self) -> str:
+        return self._open[0]
+
     def elapsed(self) -> float:
-        return time.time() - self.started_at
+        return self.spent_before + time.time() - self.started_at
 
     def left(self) -> float:
         return self.deadline - time.time()
@@ -127,8 +135,10 @@ class Clock:
         self._open = (name, now)
 
     def phases(self) -> dict[str, float]:
-        """Seconds spent per phase so far, the open one included."""
-        spent = dict(self._spent)
+        """Seconds spent per phase so far, earlier lives and the open phase included."""
+        spent = dict(self._before)
+        for name, seconds in self._spent.items():
+            spent[name] = spent.get(name, 0.0) + seconds
         current, since = self._open
         spent[current] = spent.get(current, 0.0) + time.time() - since
         return {name: round(seconds, 3) for name, seconds in spent.items()}

@@ -6,6 +6,7 @@ never as a traceback.
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -13,7 +14,7 @@ from typing import Annotated
 import typer
 
 from autofit.budget import process_start_time
-from autofit.errors import AutofitError
+from autofit.errors import AutofitError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Time-budgeted AutoML for image classification.")
@@ -35,31 +36,50 @@ def run_command(
         "--max-params", help="parameter cap, e.g. 2M, 1.5M, 500k, 250000")] = None,
     out: Annotated[Path | None, typer.Option(help="run directory (default runs/<timestamp>)")]
     = None,
-    seed: Annotated[int, typer.Option(help="seed for splits, sampling and training")] = 0,
-    space: Annotated[str, typer.Option(
-        help="search space: a name in search_spaces/ or a YAML path")] = "default",
-    budget: Annotated[str, typer.Option(
-        help="budget preset: a name in budgets/ or a YAML path; flags override it")]
-    = "default",
+    seed: Annotated[int | None, typer.Option(
+        help="seed for splits, sampling and training [default: 0]")] = None,
+    space: Annotated[str | None, typer.Option(
+        help="search space: a name in search_spaces/ or a YAML path [default: default]")]
+    = None,
+    budget: Annotated[str | None, typer.Option(
+        help="budget preset: a name in budgets/ or a YAML path; flags override it "
+             "[default: default]")] = None,
     ray_address: Annotated[str | None, typer.Option(
         "--ray-address", help="run on an existing Ray cluster (e.g. ray://host:10001)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the result")] = False,
+    resume: Annotated[Path | None, typer.Option(
+        "--resume", help="continue the killed or interrupted run in this directory, with the "
+                         "budget it had left and its own options")] = None,
 ) -> None:
-    """Search, refit and export a model inside the budget; print where it went."""
+    """Search, refit and export a model inside the budget; print where it went.
+
+    Ctrl-C once stops cleanly (and says how to resume); twice exits at once.
+    """
     started_at = process_start_time()
+    _second_interrupt_exits()
     try:
+        from autofit import runner
         from autofit.budget import Budget
         from autofit.presets import preset
-        from autofit.runner import run
 
-        chosen = Budget.from_yaml(preset("budgets", budget), minutes=minutes,
-                                  max_params=max_params)
-        result = run(data, chosen, out=out, seed=seed, space=space, ray_address=ray_address,
-                     started_at=started_at, quiet=quiet)
+        if resume is not None:
+            given = {"--data": data, "--minutes": minutes, "--max-params": max_params,
+                     "--out": out, "--seed": seed, "--space": space, "--budget": budget}
+            clash = [name for name, value in given.items() if value is not None]
+            if clash:
+                raise UsageError(f"--resume continues a run with its own options; drop "
+                                 f"{', '.join(clash)}")
+            result = runner.resume(resume, ray_address=ray_address, started_at=started_at,
+                                   quiet=quiet)
+        else:
+            chosen = Budget.from_yaml(preset("budgets", budget or "default"), minutes=minutes,
+                                      max_params=max_params)
+            result = runner.run(data, chosen, out=out, seed=seed or 0, space=space or "default",
+                                ray_address=ray_address, started_at=started_at, quiet=quiet)
     except AutofitError as err:
         typer.echo(f"autofit: error: {err}", err=True)
         raise typer.Exit(err.exit_code) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before the run had its directory: nothing to resume
         typer.echo("autofit: interrupted", err=True)
         raise typer.Exit(130) from None
     s = result.summary
@@ -67,6 +87,18 @@ def run_command(
                f"{result.val_accuracy:.4f} | {result.params:,} params | {s['trials']} trials | "
                f"{s['elapsed_s']:.1f}s of {s['budget_s']:.0f}s")
     typer.echo(f"model: {result.model_path}")
+
+
+def _second_interrupt_exits() -> None:
+    """The first Ctrl-C raises KeyboardInterrupt (the run stops cleanly and records where it
+    was); a second one, while that happens, ends the process at once: the default action, which
+    the kernel carries out even while Python is blocked inside Ray or DALI."""
+
+    def first(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, first)
 
 
 def main() -> None:

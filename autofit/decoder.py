@@ -3,32 +3,82 @@
 DALI 2.4's CPU image decoder can crash the whole process (SIGSEGV) on some corrupt files
 instead of raising. Decoding runs in a child (`python -m autofit.decoder`) that writes into
 shared memory; the parent turns a crash or an error into a one-line DataError that names the
-file. This module imports no torch, so the child starts in well under a second.
+file, decoding the failed batch again one file at a time when DALI does not say which it was.
+This module imports no torch, so the child starts in well under a second.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import re
+import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from multiprocessing import shared_memory
 
 import numpy as np
+import psutil
 
 from autofit.errors import DataError, one_line
 
 DECODE_BATCH = 256
+SHM_DIR = "/dev/shm"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # DALI colours its log lines
+
+
+def shown(path: object) -> str:
+    """A path as one line of text: control characters (a newline in a file name) and bytes
+    that are not UTF-8 are escaped; spaces and non-ASCII letters are kept as they are."""
+    text = str(path)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    if "\udc80" <= char <= "\udcff":  # a byte that was not UTF-8 (surrogateescape)
+        return f"\\x{ord(char) - 0xDC00:02x}"
+    return ascii(char)[1:-1]
+
+
+@contextmanager
+def quiet_pil() -> Iterator[None]:
+    """Hush PIL while it reads a file that may be malformed: its warnings and its log records
+    (a bad TIFF logs an ERROR) would reach stderr beside the one-line error."""
+    log = logging.getLogger("PIL")
+    level = log.level
+    log.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.setLevel(level)
+
+
+def decode_room() -> int:
+    """Bytes a decode may fill: the shared block lives in /dev/shm (a full one kills the child
+    with SIGBUS) and is copied once into the parent, so half the free memory at most."""
+    room = psutil.virtual_memory().available // 2
+    if os.path.isdir(SHM_DIR):
+        room = min(room, shutil.disk_usage(SHM_DIR).free)
+    return room
 
 
 def _decode_into(shm_name: str, files: list[str], shape: tuple[int, int, int, int],
-                 threads: int) -> dict[str, object]:
-    """Child: decode `files` in order into the shared array; say how it went."""
+                 threads: int, batch_size: int) -> dict[str, object]:
+    """Child: decode `files` in order into the shared array; say how it went. Before each batch
+    it prints where the batch starts, so a crash inside DALI still tells which batch it was."""
     from nvidia.dali import fn, pipeline_def, types
 
     _, height, width, channels = shape
 
-    @pipeline_def(batch_size=DECODE_BATCH, num_threads=threads, device_id=None,
+    @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=None,
                   prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
     def decoder():  # type: ignore[no-untyped-def]
         encoded, _ = fn.readers.file(files=files, name="reader", random_shuffle=False,
@@ -44,6 +94,7 @@ def _decode_into(shm_name: str, files: list[str], shape: tuple[int, int, int, in
         pipe.build()
         done = 0
         while done < len(files):
+            print(json.dumps({"start": done}), flush=True)
             try:
                 (batch,) = pipe.run()
             except RuntimeError as err:
@@ -73,7 +124,8 @@ def _attach(name: str) -> shared_memory.SharedMemory:
 def _child_main() -> None:
     """`python -m autofit.decoder`: the job comes as JSON on stdin, the report goes to stdout."""
     job = json.load(sys.stdin)
-    report = _decode_into(job["shm"], job["files"], tuple(job["shape"]), job["threads"])
+    report = _decode_into(job["shm"], job["files"], tuple(job["shape"]), job["threads"],
+                          job["batch"])
     sys.stdout.write(json.dumps(report) + "\n")
 
 
@@ -81,42 +133,111 @@ def decode(files: Sequence[str], height: int, width: int, channels: int,
            threads: int) -> np.ndarray:
     """Decode and resize image files to an N x H x W x C uint8 array, in file order."""
     shape = (len(files), height, width, channels)
-    shm = shared_memory.SharedMemory(create=True, size=max(1, int(np.prod(shape))))
-    try:
-        report = _run_child(shm.name, list(files), shape, threads)
+    with _shared(shape) as shm:
+        report = _run_child(shm.name, list(files), shape, threads, DECODE_BATCH)
         if report["status"] == "ok":
             return np.ndarray(shape, dtype=np.uint8, buffer=shm.buf).copy()
-        start = int(report.get("start", 0))  # type: ignore[call-overload]
-        suspects = files[start:start + DECODE_BATCH] if report["status"] == "error" else files
-        raise DataError(_undecodable(suspects, str(report["reason"])))
+    raise DataError(_undecodable(list(files), report, shape, threads))
+
+
+@contextmanager
+def _shared(shape: tuple[int, ...]) -> Iterator[shared_memory.SharedMemory]:
+    shm = shared_memory.SharedMemory(create=True, size=max(1, int(np.prod(shape))))
+    try:
+        yield shm
     finally:
         shm.close()
         shm.unlink()
 
 
 def _run_child(shm_name: str, files: list[str], shape: tuple[int, int, int, int],
-               threads: int) -> dict[str, object]:
-    """The child's report, or a "crash" one when it died without one."""
-    job = json.dumps({"shm": shm_name, "files": files, "shape": shape, "threads": threads})
+               threads: int, batch_size: int) -> dict[str, object]:
+    """The child's report, or a "crash" one when it died without one, with where the batch it
+    died in starts when it got that far."""
+    job = json.dumps({"shm": shm_name, "files": files, "shape": shape, "threads": threads,
+                      "batch": batch_size})
     proc = subprocess.run([sys.executable, "-m", "autofit.decoder"], input=job,
                           capture_output=True, text=True, check=False)
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode == 0 and lines:
-        return json.loads(lines[-1])
-    return {"status": "crash", "reason": f"the decoder crashed (exit code {proc.returncode})"}
+    said = _records(proc.stdout)
+    if proc.returncode == 0 and said and "status" in said[-1]:
+        return said[-1]
+    complaint = [line for line in ANSI.sub("", proc.stderr).splitlines() if line.strip()]
+    reason = f"the decoder crashed (exit code {proc.returncode})"
+    if complaint:
+        reason += f": {one_line(complaint[-1])[:200]}"
+    return {"status": "crash", "reason": reason, "start": said[-1]["start"] if said else None}
 
 
-def _undecodable(candidates: Sequence[str], reason: str) -> str:
-    """Name the file DALI failed on by decoding the candidates with PIL until one fails."""
+def _records(stdout: str) -> list[dict[str, object]]:
+    """The child's JSON lines, skipping anything else a library printed."""
+    records = []
+    for line in stdout.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def _start(report: dict[str, object]) -> int | None:
+    start = report.get("start")
+    return None if start is None else int(start)  # type: ignore[call-overload]
+
+
+def _undecodable(files: list[str], report: dict[str, object],
+                 shape: tuple[int, int, int, int], threads: int) -> str:
+    """One line naming the file the decode failed on. The failure is narrowed to its batch;
+    when DALI's error does not name the file (a crash never does), that batch is decoded again
+    one file at a time in a new child, so the failure itself says which file it was."""
+    start, reason = _start(report), str(report["reason"])
+    suspects = files if start is None else files[start:start + DECODE_BATCH]
+    if len(suspects) > 1 and _named(suspects, reason) is None:
+        one_by_one = (len(suspects), *shape[1:])
+        with _shared(one_by_one) as shm:
+            again = _run_child(shm.name, suspects, one_by_one, threads, 1)
+        culprit = _start(again)
+        if again["status"] != "ok" and culprit is not None:
+            suspects, reason = suspects[culprit:culprit + 1], str(again["reason"])
+    return _name_the_file(suspects, reason)
+
+
+def _named(candidates: Sequence[str], reason: str) -> str | None:
+    """The candidate DALI's error names (the longest, should one name be a prefix of another),
+    or the only candidate."""
+    if len(candidates) == 1:
+        return candidates[0]
+    named = sorted((p for p in candidates if p in reason), key=len)
+    return named[-1] if named else None
+
+
+def _name_the_file(candidates: Sequence[str], reason: str) -> str:
+    """Name the file DALI failed on, else the first one PIL fails to decode too. PIL's reason
+    is the clearer, DALI's the fallback: PIL reads some files DALI refuses (a PNG whose last
+    chunk is cut) or crashes on (a JPEG with a bad marker)."""
+    named = _named(candidates, reason)
+    for path in [named] if named is not None else candidates:
+        failure = _pil_failure(path)
+        if failure is not None:
+            return f"cannot decode image {shown(path)}: {failure}"
+    if named is not None:
+        what = "crashed on it" if reason.startswith("the decoder crashed") else "fails on it"
+        return f"cannot decode image {shown(named)}: DALI's CPU decoder {what}"
+    return (f"cannot decode an image among {shown(candidates[0])} .. {shown(candidates[-1])}: "
+            f"{shown(reason)}")
+
+
+def _pil_failure(path: str) -> str | None:
+    """Why PIL cannot decode `path`, or None when it can."""
     from PIL import Image
 
-    for path in candidates:
-        try:
-            with Image.open(path) as img:
-                img.load()
-        except Exception as bad:  # noqa: BLE001 - any failure identifies the file
-            return f"cannot decode image {path}: {one_line(bad)}"
-    return f"cannot decode an image among {candidates[0]} .. {candidates[-1]}: {reason}"
+    try:
+        with quiet_pil(), Image.open(path) as img:
+            img.load()
+    except Exception as bad:  # noqa: BLE001 - any failure identifies the file
+        return one_line(bad)
+    return None
 
 
 if __name__ == "__main__":

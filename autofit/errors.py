@@ -23,6 +23,12 @@ class BudgetError(UsageError):
     """No model in the search space fits the parameter budget."""
 
 
+class Interrupted(AutofitError):
+    """Ctrl-C: the run stopped cleanly; the message says how to resume it."""
+
+    exit_code = 130
+
+
 class ExportError(AutofitError):
     """The exported ONNX model failed verification against PyTorch."""
 

@@ -41,8 +41,14 @@ class BatchLoader:
         self.batch_size = min(batch_size, len(images)) if train else batch_size
         self.train = train
         self.device = torch.device(device)
+        self._options = {"hflip": hflip, "seed": seed, "threads": threads, "device": device}
         self._rng = np.random.default_rng(seed)
         self._pipe = self._build(hflip, seed, threads)
+
+    def rebatched(self, batch_size: int) -> BatchLoader:
+        """The same loader with another batch size (a trial out of memory retries smaller)."""
+        return BatchLoader(self.images, self.labels, batch_size, train=self.train,
+                           **self._options)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         if self.train:

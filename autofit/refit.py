@@ -1,15 +1,18 @@
 """Retrain the search's winner on train+val, sized to end before the final reserve.
 
 The epoch count comes from the throughput the winning trial measured; the schedule is also
-bounded by the seconds left, so a slower refit still anneals and stops on time.
+bounded by the seconds left, so a slower refit still anneals and stops on time. Its state is
+saved every few seconds, so a resumed run continues the refit instead of starting it again.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,7 +21,9 @@ from autofit.dataset import Dataset
 from autofit.models import Classifier
 from autofit.pipeline import BatchLoader
 from autofit.search import TrialRecord
-from autofit.trial import make_model, train
+from autofit.trial import TrainState, load_checkpoint, make_model, train
+
+SAVE_EVERY_S = 10.0  # at most; a short refit saves every tenth of its time (1 s at least)
 
 
 @dataclass(frozen=True)
@@ -33,30 +38,59 @@ class RefitInfo:
 
 
 def refit(dataset: Dataset, best: TrialRecord, *, stop_at: float, device: str, threads: int,
-          seed: int, log: logging.Logger) -> tuple[Classifier, RefitInfo]:
+          seed: int, log: logging.Logger, checkpoint: Path) -> tuple[Classifier, RefitInfo]:
+    """Train the winner on train+val until `stop_at`, saving its state to `checkpoint`
+    every few seconds; a checkpoint already there (a resumed run) is continued."""
     torch.set_num_threads(threads)
-    torch.manual_seed(seed)
     x = np.concatenate([dataset.x_train, dataset.x_val])
     y = np.concatenate([dataset.y_train, dataset.y_val])
     mean, std = dataset.mean_std
+    resume = torch.load(checkpoint, map_location=device, weights_only=True) \
+        if checkpoint.is_file() else None
+    offset = resume["counters"]["steps"] if resume else 0
+    torch.manual_seed(seed + offset)
     model = make_model(best.config, dataset.shape, mean, std, device)
     recipe = best.config.recipe
-    loader = BatchLoader(x, y, recipe.batch_size, train=True, hflip=recipe.hflip, seed=seed,
-                         threads=threads, device=device)
-    seconds = max(stop_at - time.time(), 0.0)
+    loader = BatchLoader(x, y, recipe.batch_size, train=True, hflip=recipe.hflip,
+                         seed=seed + offset, threads=threads, device=device)
     rate = float(best.metrics.get("images_per_s") or 0.0)
-    if rate > 0:
-        steps_planned: float = max(1, math.floor(seconds * rate / loader.batch_size))
-        epochs_planned: float | None = steps_planned * loader.batch_size / len(x)
+    if resume is not None:
+        seconds, steps_planned = resume["plan"]["seconds"], resume["plan"]["steps"]
+        log.info("refit: resuming %s at step %d of %s", best.config.describe(), offset,
+                 steps_planned)
+    else:
+        seconds = max(stop_at - time.time(), 0.0)
+        steps_planned = max(1, math.floor(seconds * rate / loader.batch_size)) if rate > 0 \
+            else math.inf
+    epochs_planned = None if math.isinf(steps_planned) else \
+        steps_planned * loader.batch_size / len(x)
+    if resume is None and epochs_planned is not None:
         log.info("refit: %s on %d train+val images, %.1f epochs planned in %.1fs (%.0f img/s "
                  "measured)", best.config.describe(), len(x), epochs_planned, seconds, rate)
-    else:  # the winner never finished a step in the search: size the refit by time alone
-        steps_planned, epochs_planned = math.inf, None
+    elif resume is None:  # the winner never finished a step in the search: size it by time
         log.info("refit: %s on %d train+val images for %.1fs (no throughput was measured in "
                  "the search)", best.config.describe(), len(x), seconds)
+    plan = {"seconds": seconds, "steps": steps_planned}
+    trained = float(best.metrics.get("epoch") or 0.0)
+    if resume is None and best.checkpoint and epochs_planned is not None \
+            and epochs_planned < trained:
+        log.info("refit: skipped, %.1f epochs fit in the time left and the winner trained %.1f; "
+                 "its own weights are the model", epochs_planned, trained)
+        model.load_state_dict(load_checkpoint(best.checkpoint, device)["model"])
+        return _cpu(model), RefitInfo(
+            seconds_planned=round(seconds, 3), epochs_planned=round(epochs_planned, 3),
+            epochs=trained, steps=0, seconds=0.0, state="kept the winning trial's weights",
+            train_images=len(dataset.y_train))
+
+    def save(state: TrainState) -> None:
+        tmp = checkpoint.with_name(f".{checkpoint.name}.tmp")
+        torch.save({**state, "plan": plan}, tmp)
+        os.replace(tmp, checkpoint)
+
     start = time.time()
     final = train(model, loader, recipe, stop_at=stop_at, total_steps=steps_planned,
-                  total_seconds=seconds)
+                  total_seconds=seconds, resume=resume, save=save,
+                  save_every_s=min(SAVE_EVERY_S, max(1.0, seconds / 10)))
     info = RefitInfo(seconds_planned=round(seconds, 3),
                      epochs_planned=None if epochs_planned is None else round(epochs_planned, 3),
                      epochs=final.epoch, steps=final.steps,
@@ -64,4 +98,8 @@ def refit(dataset: Dataset, best: TrialRecord, *, stop_at: float, device: str, t
                      train_images=len(x))
     log.info("refit done: %.2f epochs, %d steps in %.1fs (%s)", info.epochs, info.steps,
              info.seconds, info.state)
-    return model.eval().to("cpu", memory_format=torch.contiguous_format), info
+    return _cpu(model), info
+
+
+def _cpu(model: Classifier) -> Classifier:
+    return model.eval().to("cpu", memory_format=torch.contiguous_format)

@@ -6,30 +6,39 @@ Every phase takes its time from one `Clock`; the phases tile the run and are rec
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
 import shutil
 import sys
 import time
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from autofit import __version__, pipeline
+import torch
+
+from autofit import __version__, faults, pipeline
+from autofit import best as best_module
+from autofit.best import BestSoFar
 from autofit.budget import EVAL_RATE_GUESS, Budget, Clock, Plan, final_reserve
 from autofit.dataset import Dataset, load
-from autofit.errors import AutofitError, UsageError
+from autofit.errors import AutofitError, Interrupted, UsageError
 from autofit.evaluate import onnx_accuracy
 from autofit.export import export_onnx
+from autofit.journal import Journal, RunArgs
 from autofit.presets import preset
-from autofit.refit import refit
+from autofit.refit import RefitInfo, refit
 from autofit.report import save_weights, write_json, write_leaderboard
-from autofit.search import SearchOutcome, ray_session, run_search
+from autofit.search import SearchFailed, SearchOutcome, TrialRecord, ray_session, run_search
 from autofit.space import SearchSpace
+from autofit.trial import make_model
 
-RUN_MARKERS = ("summary.json", "model.onnx", "leaderboard.csv", "tune")
+RUN_MARKERS = ("journal.json", "summary.json", "model.onnx", "best_so_far.onnx",
+               "leaderboard.csv", "tune")
 
 
 @dataclass
@@ -52,12 +61,14 @@ class RunResult:
 
 
 class _Elapsed(logging.Formatter):
-    def __init__(self, started_at: float) -> None:
+    """Prefix each line with the budget seconds used (earlier lives of a resumed run included)."""
+
+    def __init__(self, clock: Clock) -> None:
         super().__init__()
-        self.started_at = started_at
+        self.offset = clock.spent_before - clock.started_at
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"[{record.created - self.started_at:7.1f}s] {record.getMessage()}"
+        return f"[{record.created + self.offset:7.1f}s] {record.getMessage()}"
 
 
 def prepare_out(out: str | Path | None) -> Path:
@@ -73,16 +84,18 @@ def prepare_out(out: str | Path | None) -> Path:
         raise UsageError(f"--out {path} is not writable: {err.strerror or err}") from None
     taken = [m for m in RUN_MARKERS if (path / m).exists()]
     if taken:
-        raise UsageError(f"--out {path} already holds a run ({', '.join(taken)}); "
+        hint = " (resume it with --resume)" if "journal.json" in taken else ""
+        raise UsageError(f"--out {path} already holds a run ({', '.join(taken)}){hint}; "
                          "choose another directory")
     return path
 
 
-def _logger(out_dir: Path, started_at: float, quiet: bool) -> logging.Logger:
-    log = logging.getLogger(f"autofit.run.{id(out_dir)}")
+def _logger(out_dir: Path, clock: Clock, quiet: bool) -> logging.Logger:
+    """The run's logger, named after its directory so Tune's restored callbacks find it."""
+    log = logging.getLogger(f"autofit.run:{out_dir.resolve()}")
     log.setLevel(logging.INFO)
     log.propagate = False
-    formatter = _Elapsed(started_at)
+    formatter = _Elapsed(clock)
     handlers: list[logging.Handler] = [logging.FileHandler(out_dir / "run.log")]
     if not quiet:
         console = logging.StreamHandler(sys.stdout)  # errors reach stderr from the CLI, once
@@ -112,69 +125,137 @@ def run(data: str | Path | None = None, budget: Budget | None = None, *,
     """Search, refit, export and score a model for the dataset at `data` within `budget`.
 
     `data=None` uses the embedded 8x8 digits. `started_at` (a time.time() value) lets the CLI
-    count its own start-up against the budget.
+    count its own start-up against the budget. If the run is killed, `resume(out)` goes on.
     """
     budget = budget or Budget.from_yaml(preset("budgets", "default"))
-    clock = Clock(budget.seconds, started_at)
+    space_path = preset("search_spaces", space)
     out_dir = prepare_out(out)
-    log = _logger(out_dir, clock.started_at, quiet)
+    args = RunArgs(data=None if data is None else str(Path(data).resolve()), budget=budget,
+                   seed=seed, space=str(space_path.resolve()), ray_address=ray_address)
+    return _execute(Journal.create(out_dir, args), started_at, quiet)
+
+
+def resume(run_dir: str | Path, *, ray_address: str | None = None,
+           started_at: float | None = None, quiet: bool = False) -> RunResult:
+    """Continue a run that was killed or interrupted, with the budget it had left.
+
+    Finished trials are kept, unfinished ones and the refit continue from their last
+    checkpoint; the time the run lay dead does not count against its budget.
+    """
+    journal = Journal.open(Path(run_dir))
+    if ray_address is not None:
+        journal.set(args={**journal.state["args"], "ray_address": ray_address})
+    return _execute(journal, started_at, quiet)
+
+
+def _execute(journal: Journal, started_at: float | None, quiet: bool) -> RunResult:
+    args = journal.args
+    clock = Clock(args.budget.seconds, started_at, spent=journal.spent)
+    out_dir = journal.run_dir
+    log = _logger(out_dir, clock, quiet)
     try:
-        return _run(data, budget, clock, out_dir, seed, space, ray_address, log)
-    except AutofitError as err:
-        log.error("error: %s", err)
+        with journal.heartbeat(clock):
+            return _run(args, clock, journal, log)
+    except SearchFailed as err:
+        write_leaderboard(out_dir / "leaderboard.csv", err.outcome.records)
+        _write_failure(out_dir, clock, "search", err, log)
         raise
+    except AutofitError as err:
+        _write_failure(out_dir, clock, clock.phase, err, log)
+        raise
+    except KeyboardInterrupt:
+        message = (f"interrupted after {clock.elapsed():.1f}s of {args.budget.seconds:.0f}s; "
+                   f"resume with: autofit run --resume {out_dir}")
+        log.warning("%s", message)
+        raise Interrupted(message) from None
     finally:
         for handler in list(log.handlers):
             handler.close()
             log.removeHandler(handler)
 
 
-def _run(data: str | Path | None, budget: Budget, clock: Clock, out_dir: Path, seed: int,
-         space_name: str | Path, ray_address: str | None, log: logging.Logger) -> RunResult:
+def _write_failure(out_dir: Path, clock: Clock, phase: str, err: AutofitError,
+                   log: logging.Logger) -> None:
+    """Record why the run stopped; on a full disk even this may fail, and the error stands."""
+    log.error("error: %s", err)
+    summary = {"status": "failed", "failed_phase": phase, "error": str(err),
+               "elapsed_s": round(clock.elapsed(), 3), "phases": clock.phases(),
+               "best_so_far": _best_so_far(out_dir)}
+    with suppress(OSError):
+        write_json(out_dir / "summary.json", summary)
+
+
+def _best_so_far(out_dir: Path) -> dict[str, Any] | None:
+    path = out_dir / best_module.RECORD
+    try:
+        return {**json.loads(path.read_text()), "model": str(out_dir / best_module.MODEL)}
+    except (OSError, ValueError):
+        return None
+
+
+def _run(args: RunArgs, clock: Clock, journal: Journal, log: logging.Logger) -> RunResult:
     threads = os.cpu_count() or 1
-    log.info("autofit %s: budget %.4g min, %s params max, seed %d, run dir %s", __version__,
-             budget.minutes, f"{budget.max_params:,}", seed, out_dir)
-    space = SearchSpace.load(preset("search_spaces", space_name))
-    dataset = load(Path(data) if data is not None else None, seed, threads,
+    budget, seed, out_dir = args.budget, args.seed, journal.run_dir
+    resumed = bool(clock.spent_before)
+    if resumed:
+        log.info("autofit %s: resuming %s with %.1fs of %.0fs left (phase %s when it stopped)",
+                 __version__, out_dir, clock.left(), budget.seconds, journal.get("phase"))
+    else:
+        log.info("autofit %s: budget %.4g min, %s params max, seed %d, run dir %s",
+                 __version__, budget.minutes, f"{budget.max_params:,}", seed, out_dir)
+    space = SearchSpace.load(Path(args.space))
+    dataset = load(Path(args.data) if args.data is not None else None, seed, threads,
                    check=lambda shape: space.check_fits(shape, budget.max_params))
     for note in dataset.notes:
         log.info("data: %s", note)
     log.info("data: %s, %d classes, %s, images %s", dataset.source, len(dataset.classes),
              dataset.sizes(), "x".join(map(str, dataset.shape[:3])))
+    fingerprint = {"classes": dataset.classes, "sizes": dataset.sizes(),
+                   "shape": list(dataset.shape)}
+    if journal.get("data", fingerprint) != fingerprint:
+        raise UsageError(f"--resume {out_dir}: the data at {args.data} changed since the run "
+                         f"started ({journal.get('data')} then, {fingerprint} now)")
+    journal.set(data=fingerprint)
     device = _device(log)
-    with ray_session(ray_address, threads, device) as workers:
-        plan = Plan.make(budget, clock, len(dataset.y_test))
-        log.info("plan: setup %.1fs, search %.1fs (trials of %.1fs, ASHA milestones %s), "
-                 "refit ~%.1fs, final reserve %.1fs; %s", plan.setup_s, plan.search_s,
-                 plan.trial_s, list(plan.milestones), plan.refit_s, plan.final_reserve_s,
-                 workers.where)
-        clock.start_phase("search")
-        outcome = run_search(dataset, space, budget.max_params, plan, seed=seed,
-                             out_dir=out_dir, device=device, workers=workers, log=log)
-    write_leaderboard(out_dir / "leaderboard.csv", outcome.records)
-    best = outcome.best
-    log.info("search: %d trials (ended %+.1fs from its deadline), best trial %d val_acc %.4f: "
-             "%s", len(outcome.records), outcome.overrun_s, best.number, best.score,
-             best.config.describe())
-
-    clock.start_phase("refit")
-    eval_rate = float(best.metrics.get("eval_images_per_s") or 0.0) or EVAL_RATE_GUESS
-    reserve = final_reserve(len(dataset.y_test), eval_rate)
-    model, refit_info = refit(dataset, best, stop_at=clock.deadline - reserve, device=device,
-                              threads=threads, seed=seed, log=log)
-
-    save_weights(model, out_dir / "model.pt")
-
-    clock.start_phase("export")
-    model_path = out_dir / "model.onnx"
     metadata = {
         "classes": dataset.classes, "input_shape": list(dataset.shape[:3]),
         "input": "float32 NCHW, pixels in [0, 1], normalisation inside the graph",
         "budget": {"minutes": budget.minutes, "max_params": budget.max_params},
-        "params": best.config.params, "autofit_version": __version__,
-        "val_accuracy": best.score,
+        "autofit_version": __version__,
     }
-    exported = export_onnx(model, model_path, dataset.x_test, metadata, threads)
+
+    outcome, plan = _search(journal, dataset, space, budget, clock, device, metadata, log)
+    best = outcome.best
+
+    clock.start_phase("refit")
+    model_pt = out_dir / "model.pt"
+    if journal.get("refit") is not None and model_pt.is_file():
+        model = make_model(best.config, dataset.shape, *dataset.mean_std)
+        model.load_state_dict(torch.load(model_pt, weights_only=True))
+        model.eval()
+        refit_info = RefitInfo(**journal.get("refit"))
+        log.info("refit: done before the interruption; weights from %s", model_pt)
+    else:
+        eval_rate = float(best.metrics.get("eval_images_per_s") or 0.0) or EVAL_RATE_GUESS
+        reserve = final_reserve(len(dataset.y_test), eval_rate)
+        checkpoint = out_dir / "refit.pt"
+        model, refit_info = refit(dataset, best, stop_at=clock.deadline - reserve,
+                                  device=device, threads=threads, seed=seed, log=log,
+                                  checkpoint=checkpoint)
+        save_weights(model, model_pt)
+        journal.set(refit=asdict(refit_info))
+        checkpoint.unlink(missing_ok=True)
+
+    clock.start_phase("export")
+    model_path = out_dir / "model.onnx"
+    try:
+        faults.check_export()
+        exported = export_onnx(model, model_path, dataset.x_test,
+                               {**metadata, "params": best.config.params,
+                                "val_accuracy": best.score}, threads)
+    except OSError as err:
+        raise AutofitError(f"cannot write {model_path}: {err.strerror or err}; "
+                           f"the refit weights are in {model_pt}") from None
     log.info("export: %s (%s exporter, opset %d), onnxruntime matches PyTorch to %.1e",
              model_path, exported.exporter, exported.opset, exported.parity_max_abs_diff)
 
@@ -185,26 +266,81 @@ def _run(data: str | Path | None, budget: Budget, clock: Clock, out_dir: Path, s
 
     clock.start_phase("report")
     summary = _summary(budget, clock, plan, dataset, outcome, refit_info, exported,
-                       test_accuracy, device, seed, space)
+                       test_accuracy, device, seed, space, journal)
     write_json(out_dir / "summary.json", summary)
+    journal.set(status="finished")
     log.info("done in %.1fs of %.1fs: %s", summary["elapsed_s"], budget.seconds, out_dir)
     return RunResult(run_dir=out_dir, model_path=model_path, test_accuracy=test_accuracy,
                      val_accuracy=best.score, params=best.config.params,
                      best_config=best.config.model_dump(), summary=summary)
 
 
+def _plan(journal: Journal, budget: Budget, clock: Clock, n_test: int) -> Plan:
+    """The split decided when the run began. A resumed search gets the search time it had
+    left, cut to its planned share of what is left now (the restart's own set-up is not the
+    refit's loss), and keeps its trial length and milestones so ASHA compares like with like.
+    """
+    recorded = journal.get("plan")
+    if recorded is None:
+        plan = Plan.make(budget, clock, n_test)
+        journal.set(plan=plan.model_dump())
+        return plan
+    plan = Plan.model_validate(recorded)
+    share = plan.search_s / max(plan.search_s + plan.refit_s, 1e-9)
+    search_left = min(plan.search_s - clock.phases().get("search", 0.0),
+                      share * (clock.left() - plan.final_reserve_s))
+    return plan.model_copy(update={"search_deadline": time.time() + max(0.0, search_left)})
+
+
+def _search(journal: Journal, dataset: Dataset, space: SearchSpace, budget: Budget,
+            clock: Clock, device: str, metadata: dict[str, Any],
+            log: logging.Logger) -> tuple[SearchOutcome, Plan]:
+    """The search's records and plan: from the journal when it finished before an
+    interruption. The plan is made once Ray is up, so Ray's start-up is not search time."""
+    args, out_dir = journal.args, journal.run_dir
+    done = journal.get("search")
+    if done is not None:
+        outcome = SearchOutcome([TrialRecord.from_dict(r) for r in done["records"]],
+                                done["overrun_s"])
+        log.info("search: done before the interruption (%d trials)", len(outcome.records))
+        return outcome, Plan.model_validate(journal.get("plan"))
+    threads = os.cpu_count() or 1
+    with ray_session(args.ray_address, threads, device) as workers:
+        plan = _plan(journal, budget, clock, len(dataset.y_test))
+        log.info("plan: setup %.1fs, search %.1fs (trials of %.1fs, ASHA milestones %s), "
+                 "refit ~%.1fs, final reserve %.1fs; %s", plan.setup_s, plan.search_s,
+                 plan.trial_s, list(plan.milestones), plan.refit_s, plan.final_reserve_s,
+                 workers.where)
+        clock.start_phase("search")
+        best = BestSoFar(out_dir, dataset.shape, *dataset.mean_std,
+                         images=dataset.x_val[:best_module.PARITY_IMAGES], metadata=metadata,
+                         threads=threads)
+        outcome = run_search(dataset, space, budget.max_params, plan, seed=args.seed,
+                             journal=journal, device=device, workers=workers, best=best,
+                             log=log)
+    journal.set(search={"records": [r.as_dict() for r in outcome.records],
+                        "overrun_s": outcome.overrun_s})
+    write_leaderboard(out_dir / "leaderboard.csv", outcome.records)
+    best_record = outcome.best
+    log.info("search: %d trials (ended %+.1fs from its deadline), best trial %d val_acc %.4f: "
+             "%s", len(outcome.records), outcome.overrun_s, best_record.number,
+             best_record.score, best_record.config.describe())
+    return outcome, plan
+
+
 def _summary(budget: Budget, clock: Clock, plan: Plan, dataset: Dataset, outcome: SearchOutcome,
              refit_info: Any, exported: Any, test_accuracy: float, device: str, seed: int,
-             space: SearchSpace) -> dict[str, Any]:
+             space: SearchSpace, journal: Journal) -> dict[str, Any]:
     import nvidia.dali
     import ray
-    import torch
 
     best = outcome.best
+    lives = journal.get("lives", [])
     statuses: dict[str, int] = {}
     for record in outcome.records:
         statuses[record.status] = statuses.get(record.status, 0) + 1
     return {
+        "status": "finished",
         "test_accuracy": test_accuracy,
         "val_accuracy": best.score,
         "params": best.config.params,
@@ -213,6 +349,9 @@ def _summary(budget: Budget, clock: Clock, plan: Plan, dataset: Dataset, outcome
                    "search_share": budget.search_share},
         "budget_s": budget.seconds,
         "elapsed_s": round(clock.elapsed(), 3),
+        "wall_s": round(time.time() - lives[0]["started_at"], 3) if lives else None,
+        "resumes": len(lives) - 1,
+        "lives": lives,
         "phases": clock.phases(),
         "plan": plan.model_dump(),
         "search_overrun_s": outcome.overrun_s,
@@ -221,6 +360,7 @@ def _summary(budget: Budget, clock: Clock, plan: Plan, dataset: Dataset, outcome
         "best_trial": best.number,
         "best_config": best.config.model_dump(),
         "best_metrics": best.metrics,
+        "best_so_far": _best_so_far(journal.run_dir),
         "refit": asdict(refit_info),
         "export": asdict(exported),
         "device": device,

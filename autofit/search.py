@@ -4,30 +4,43 @@ Every configuration comes from `SpaceSearcher`, which fits it to the parameter c
 Tune ever schedules it. ASHA ranks trials on validation accuracy at milestones measured in
 training seconds; trials stop themselves at the search deadline, and the searcher stops
 suggesting once too little time is left for a trial to reach its first milestone.
+
+Durability: every report carries a checkpoint, Tune snapshots its experiment after each, so
+a killed search resumes with its finished trials kept; a failing trial is recorded and the
+search goes on, unless the first trials all fail.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ray import tune
+from ray.tune.search import Searcher
 
+from autofit.best import BestSoFar
 from autofit.budget import Plan
 from autofit.dataset import Dataset
 from autofit.errors import AutofitError
+from autofit.journal import Journal
+from autofit.models import DataShape
 from autofit.space import SearchSpace, TrialConfig
-from autofit.trial import TrialData, trainable
+from autofit.trial import TRIAL_KEY, TrialData, parse_config, trainable
 
 METRIC = "val_accuracy"
 LOG_EVERY_S = 5.0
+EXPERIMENT = "search"
+FAILURES_BEFORE_GIVING_UP = 3  # failed trials, with none succeeding, that end the search
 STATUS = {"completed": "completed", "deadline": "stopped at search deadline",
           "diverged": "diverged", "running": "stopped by ASHA"}
 
@@ -42,7 +55,14 @@ class TrialRecord:
     metrics: dict[str, Any] = field(default_factory=dict)
     status: str = "no result"
     error: str | None = None
-    logged_at: float = 0.0
+    checkpoint: str | None = None  # the trial's last checkpoint directory
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "config": self.config.model_dump()}
+
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> TrialRecord:
+        return cls(**{**fields, "config": TrialConfig.model_validate(fields["config"])})
 
     @property
     def score(self) -> float:
@@ -61,73 +81,139 @@ class SearchOutcome:
         return max(self.records, key=lambda r: (r.score, r.metrics.get("train_seconds", 0)))
 
 
-def make_searcher(space: SearchSpace, dataset: Dataset, max_params: int, seed: int,
-                  stop_suggesting_at: float):  # type: ignore[no-untyped-def]
-    from ray.tune.search import Searcher
+class SearchFailed(AutofitError):
+    """Every trial failed: the message shows the first error; the records go to the report."""
 
-    class SpaceSearcher(Searcher):
-        """Seeded random sampling from the space, each draw fitted to the parameter cap."""
-
-        def __init__(self) -> None:
-            super().__init__(metric=METRIC, mode="max")
-            self.rng = np.random.default_rng(seed)
-            self.configs: dict[str, TrialConfig] = {}
-
-        def set_search_properties(self, metric, mode, config, **spec):  # type: ignore[no-untyped-def]
-            return True
-
-        def suggest(self, trial_id: str):  # type: ignore[no-untyped-def]
-            if time.time() >= stop_suggesting_at:
-                return Searcher.FINISHED
-            config = space.sample(self.rng, dataset.shape, max_params)
-            self.configs[trial_id] = config
-            return config.model_dump()
-
-        def on_trial_complete(self, trial_id, result=None, error=False):  # type: ignore[no-untyped-def]
-            return None
-
-    return SpaceSearcher()
+    def __init__(self, message: str, outcome: SearchOutcome) -> None:
+        super().__init__(message)
+        self.outcome = outcome
 
 
-def make_progress_callback(log: logging.Logger, records: dict[str, TrialRecord]):  # type: ignore[no-untyped-def]
-    from ray import tune
+class SpaceSearcher(Searcher):
+    """Seeded random sampling from the space, each draw fitted to the parameter cap.
 
-    class ProgressLog(tune.Callback):
-        """One log line per trial event, so a long search shows what it is doing."""
+    It numbers trials, stops suggesting when no new trial could reach a milestone before the
+    search deadline (read from the journal, so a resumed search uses the new one), and stops
+    early when the first trials all fail. Its state is saved with Tune's experiment state.
+    """
 
-        def on_trial_start(self, iteration, trials, trial, **info):  # type: ignore[no-untyped-def]
-            config = TrialConfig.model_validate(trial.config)
-            record = TrialRecord(len(records) + 1, trial.trial_id, config)
-            records[trial.trial_id] = record
-            log.info("trial %d start: %s", record.number, config.describe())
+    def __init__(self, space: SearchSpace, shape: DataShape, max_params: int, seed: int,
+                 journal: Path) -> None:
+        super().__init__(metric=METRIC, mode="max")
+        self.space, self.shape, self.max_params, self.journal = space, shape, max_params, journal
+        self.rng = np.random.default_rng(seed)
+        self.count = self.failures = self.successes = 0
+        self.stop_at = self._stop_at()
 
-        def on_trial_result(self, iteration, trials, trial, result, **info):  # type: ignore[no-untyped-def]
-            record = records[trial.trial_id]
-            record.metrics = {k: result[k] for k in result if k in _METRIC_KEYS}
-            now = time.time()
-            if result["state"] == "running" and now - record.logged_at < LOG_EVERY_S:
-                return
-            record.logged_at = now
-            log.info("trial %d: epoch %.2f  %.1fs trained  val_acc %.4f  %.0f img/s",
-                     record.number, result["epoch"], result["train_seconds"],
-                     result[METRIC], result["images_per_s"])
+    def _stop_at(self) -> float:
+        return float(json.loads(self.journal.read_text())["search_clock"]["stop_suggesting_at"])
 
-        def on_trial_error(self, iteration, trials, trial, **info):  # type: ignore[no-untyped-def]
-            record = records[trial.trial_id]
-            record.error = _last_line(str(trial.get_error() or "unknown error"))
-            record.status = "error"
-            log.warning("trial %d failed: %s", record.number, record.error)
+    def set_search_properties(self, metric, mode, config, **spec):  # type: ignore[no-untyped-def]
+        return True
 
-    return ProgressLog()
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if time.time() >= self.stop_at:
+            return Searcher.FINISHED
+        if self.failures >= FAILURES_BEFORE_GIVING_UP and not self.successes:
+            return Searcher.FINISHED
+        config = self.space.sample(self.rng, self.shape, self.max_params)
+        self.count += 1
+        return {**config.model_dump(), TRIAL_KEY: self.count}
+
+    def on_trial_complete(self, trial_id, result=None, error=False):  # type: ignore[no-untyped-def]
+        if error:
+            self.failures += 1
+        elif result and result.get("state") != "diverged" and math.isfinite(
+                float(result.get(METRIC, math.nan))):
+            self.successes += 1
+
+    def save(self, checkpoint_path: str) -> None:
+        state = {"rng": self.rng.bit_generator.state, "count": self.count,
+                 "failures": self.failures, "successes": self.successes}
+        Path(checkpoint_path).write_text(json.dumps(state))
+
+    def restore(self, checkpoint_path: str) -> None:
+        state = json.loads(Path(checkpoint_path).read_text())
+        self.rng.bit_generator.state = state["rng"]
+        self.count, self.failures = state["count"], state["failures"]
+        self.successes = state["successes"]
+        self.stop_at = self._stop_at()
+
+
+class ProgressLog(tune.Callback):
+    """One log line per trial event, so a long search shows what it is doing, and the best
+    finished trial exported as it appears. The logger is found by name after a resume."""
+
+    def __init__(self, log: logging.Logger, best: BestSoFar) -> None:
+        self.log, self.best = log, best
+        self.logged_at: dict[str, float] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):  # type: ignore[no-untyped-def]
+        number, config = parse_config(trial.config)
+        self.log.info("trial %d start: %s", number, config.describe())
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):  # type: ignore[no-untyped-def]
+        now = time.time()
+        quiet_since = now - self.logged_at.get(trial.trial_id, 0.0)
+        if result["state"] == "running" and quiet_since < LOG_EVERY_S:
+            return
+        self.logged_at[trial.trial_id] = now
+        self.log.info("trial %d: epoch %.2f  %.1fs trained  val_acc %.4f  %.0f img/s%s",
+                      parse_config(trial.config)[0], result["epoch"], result["train_seconds"],
+                      result[METRIC], result["images_per_s"],
+                      f"  batch {result['batch_size']} after out-of-memory"
+                      if result.get("oom_retries") else "")
+
+    def on_trial_error(self, iteration, trials, trial, **info):  # type: ignore[no-untyped-def]
+        self.log.warning("trial %d failed: %s", parse_config(trial.config)[0],
+                         _last_line(_error_text(trial)))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):  # type: ignore[no-untyped-def]
+        result, checkpoint = trial.last_result or {}, trial.checkpoint
+        if checkpoint is None or result.get("state") == "diverged":
+            return
+        number, config = parse_config(trial.config)
+        with checkpoint.as_directory() as directory:
+            self.best.offer(number, config, float(result.get(METRIC, math.nan)), directory,
+                            self.log)
 
 
 _METRIC_KEYS = ("val_accuracy", "val_images", "train_seconds", "epoch", "steps", "images_per_s",
-                "eval_images_per_s", "loss", "state")
+                "eval_images_per_s", "loss", "state", "batch_size", "oom_retries")
+
+
+def _error_text(trial: Any) -> str:
+    """The trial's error as Tune wrote it on this node (its synced copy may lag)."""
+    try:
+        return Path(trial.error_file).read_text()
+    except (OSError, TypeError):
+        return str(trial.get_error() or "unknown error")
 
 
 def _last_line(text: str) -> str:
+    """The line of an error that says what happened (Ray's worker-death text is a page)."""
+    if "worker process has died" in text or "actor died" in text:
+        return "its Ray worker process died (killed, out of host memory, or crashed)"
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "unknown error"
+
+
+def _record(result: Any, trial_s: float) -> TrialRecord | None:
+    """A Tune result as a leaderboard row; None for a trial that never ran."""
+    if not result.metrics and result.error is None:
+        return None
+    number, config = parse_config(result.config)
+    metrics = {k: result.metrics[k] for k in _METRIC_KEYS if k in (result.metrics or {})}
+    record = TrialRecord(number, str(result.metrics.get("trial_id", number)), config, metrics,
+                         checkpoint=result.checkpoint.path if result.checkpoint else None)
+    if result.error is not None:
+        record.error, record.status = _last_line(str(result.error)), "error"
+    elif metrics:
+        state = str(metrics.get("state"))
+        if state == "running" and metrics["train_seconds"] >= trial_s:
+            state = "completed"  # ASHA ends a trial at max_t before its own last report
+        record.status = STATUS.get(state, "no result")
+    return record
 
 
 @dataclass(frozen=True)
@@ -142,10 +228,14 @@ class Workers:
 
 
 def run_search(dataset: Dataset, space: SearchSpace, max_params: int, plan: Plan, *,
-               seed: int, out_dir: Path, device: str, workers: Workers,
+               seed: int, journal: Journal, device: str, workers: Workers, best: BestSoFar,
                log: logging.Logger) -> SearchOutcome:
-    """Run the Ray Tune search until `plan.search_deadline`; return every trial's record."""
-    from ray import tune
+    """Run the Ray Tune search until `plan.search_deadline`; return every trial's record.
+
+    A search that was interrupted is restored from Tune's experiment state (finished trials
+    kept, unfinished ones continued from their last checkpoint); one killed before Tune's
+    first snapshot has nothing to keep and starts again.
+    """
     from ray.tune.schedulers import ASHAScheduler
 
     data = TrialData(
@@ -155,39 +245,44 @@ def run_search(dataset: Dataset, space: SearchSpace, max_params: int, plan: Plan
         search_deadline=plan.search_deadline, threads=workers.trial_cpus, device=device,
         seed=seed,
     )
-    resources = {"cpu": workers.trial_cpus, "gpu": workers.trial_gpus}
-    scheduler = ASHAScheduler(time_attr="train_seconds", max_t=plan.trial_s,
-                              grace_period=plan.milestones[0] if plan.milestones else plan.trial_s,
-                              reduction_factor=3)
     stop_suggesting_at = plan.search_deadline - max(plan.milestones[:1] or (plan.trial_s,))
-    records: dict[str, TrialRecord] = {}
-    tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(trainable, data=data), resources),
-        tune_config=tune.TuneConfig(
-            metric=METRIC, mode="max", scheduler=scheduler, num_samples=100_000,
-            search_alg=make_searcher(space, dataset, max_params, seed, stop_suggesting_at),
-            max_concurrent_trials=workers.concurrency, time_budget_s=plan.search_s + 5.0,
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name="search", storage_path=str((out_dir / "tune").resolve()), verbose=0,
-            callbacks=[make_progress_callback(log, records)],
-        ),
-    )
-    tuner.fit()
+    journal.set(search_clock={"deadline": plan.search_deadline,
+                              "stop_suggesting_at": stop_suggesting_at})
+    runnable = tune.with_resources(tune.with_parameters(trainable, data=data),
+                                   {"cpu": workers.trial_cpus, "gpu": workers.trial_gpus})
+    experiment = (journal.run_dir / "tune" / EXPERIMENT).resolve()
+    if tune.Tuner.can_restore(str(experiment)):
+        log.info("search: resuming the Ray Tune experiment in %s", experiment)
+        tuner = tune.Tuner.restore(str(experiment), runnable, resume_unfinished=True,
+                                   resume_errored=False)
+    else:
+        shutil.rmtree(experiment, ignore_errors=True)
+        scheduler = ASHAScheduler(time_attr="train_seconds", max_t=plan.trial_s,
+                                  grace_period=(plan.milestones or (plan.trial_s,))[0],
+                                  reduction_factor=3)
+        tuner = tune.Tuner(
+            runnable,
+            tune_config=tune.TuneConfig(
+                metric=METRIC, mode="max", scheduler=scheduler, num_samples=100_000,
+                search_alg=SpaceSearcher(space, dataset.shape, max_params, seed, journal.path),
+                max_concurrent_trials=workers.concurrency, time_budget_s=plan.search_s + 5.0,
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name=EXPERIMENT, storage_path=str(experiment.parent), verbose=0,
+                callbacks=[ProgressLog(log, best)],
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
+        )
+    grid = tuner.fit()
     overrun = time.time() - plan.search_deadline
-    for record in records.values():
-        if record.error is None and record.metrics:
-            state = str(record.metrics.get("state"))
-            if state == "running" and record.metrics["train_seconds"] >= plan.trial_s:
-                state = "completed"  # ASHA ends a trial at max_t before its own last report
-            record.status = STATUS.get(state, "no result")
-    outcome = SearchOutcome(sorted(records.values(), key=lambda r: r.number), round(overrun, 3))
+    records = [r for r in (_record(result, plan.trial_s) for result in grid) if r is not None]
+    outcome = SearchOutcome(sorted(records, key=lambda r: r.number), round(overrun, 3))
     if not outcome.records:
         raise AutofitError("the search ran no trial before its deadline; give a larger budget")
     if outcome.best.score < 0:
         first = next((r.error for r in outcome.records if r.error), "no trial reported a result")
-        raise AutofitError(f"every trial failed; first error: {first}")
+        raise SearchFailed(f"every trial failed; first error: {first}", outcome)
     return outcome
 
 
@@ -204,14 +299,17 @@ def ray_session(address: str | None, threads: int, device: str) -> Iterator[Work
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Ctrl-C must stop the whole run: Tune's own handler would end only the search.
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    # Every trial report carries a checkpoint and Tune snapshots its state after each (that is
+    # what makes a resume lose nothing); its warning about frequent snapshots is moot here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     started = not ray.is_initialized()
     if started:
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                   "logging_level": logging.ERROR}
         if address:
             kwargs["address"] = address
-        else:
-            kwargs["num_cpus"] = threads
+        else:  # a Ray of its own, even when another run's Ray is up on this machine
+            kwargs.update(address="local", num_cpus=threads)
         try:
             ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError) as err:

@@ -8,15 +8,18 @@ wall-clock stop that leaves time for the final evaluation. `trainable` wraps it 
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from autofit import models
+from autofit import faults, models
 from autofit.models import Classifier, DataShape
 from autofit.pipeline import BatchLoader
 from autofit.space import Recipe, TrialConfig
@@ -25,6 +28,9 @@ WARMUP = 0.1
 EVAL_BATCH = 512
 MIN_EVAL_S = 2.0  # an evaluation may always take this long ...
 EVAL_SHARE = 0.25  # ... or this share of the training time so far, whichever is longer
+MAX_OOM_RETRIES = 2
+CHECKPOINT_FILE = "state.pt"
+TRIAL_KEY = "trial"
 
 
 @dataclass(frozen=True)
@@ -41,9 +47,30 @@ class Progress:
     eval_images_per_s: float
     loss: float
     state: str  # "running", "completed", "deadline" or "diverged"
+    batch_size: int
+    oom_retries: int
 
     def as_metrics(self) -> dict[str, float | int | str]:
         return dict(self.__dict__)
+
+
+TrainState = dict[str, Any]
+
+
+@dataclass
+class Counters:
+    """Where a training run stands; saved in checkpoints so a resumed run continues its
+    schedule rather than restarting it."""
+
+    batch_size: int
+    steps: int = 0
+    seen: int = 0
+    train_s: float = 0.0
+    loss_sum: float = 0.0
+    loss_n: int = 0
+    eval_rate: float = math.nan
+    lr_scale: float = 1.0
+    oom_retries: int = 0
 
 
 def lr_factor(progress: float) -> float:
@@ -85,9 +112,17 @@ def evaluate(model: nn.Module, loader: BatchLoader,
 def train(model: nn.Module, loader: BatchLoader, recipe: Recipe, *, stop_at: float,
           total_seconds: float = math.inf, total_steps: float = math.inf,
           val: BatchLoader | None = None, milestones: tuple[float, ...] = (),
-          report: Callable[[Progress], None] | None = None) -> Progress:
-    """Train until the schedule completes or `stop_at`; report after every epoch and each
-    `milestones` second of training (when `val` is given), and return the final state."""
+          report: Callable[[Progress, Callable[[], TrainState]], None] | None = None,
+          resume: TrainState | None = None,
+          save: Callable[[TrainState], None] | None = None,
+          save_every_s: float = math.inf) -> Progress:
+    """Train until the schedule completes or `stop_at`; return the final state.
+
+    With `val`, it reports after every epoch and each `milestones` second of training (with a
+    callable giving the full training state, for checkpoints); `save` gets that state every
+    `save_every_s`. `resume` (such a state) continues where it was taken, schedule included.
+    Out of memory, it retries with half the batch (and half the learning rate), twice at most.
+    """
     if math.isinf(total_seconds) and math.isinf(total_steps):
         raise ValueError("train needs total_seconds or total_steps")
     total_seconds, total_steps = max(total_seconds, 1e-6), max(total_steps, 1)
@@ -98,42 +133,53 @@ def train(model: nn.Module, loader: BatchLoader, recipe: Recipe, *, stop_at: flo
                            {"params": no_decay, "weight_decay": 0.0}],
                           lr=recipe.lr, momentum=recipe.momentum, nesterov=True)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    pending = sorted(m for m in milestones if m < total_seconds)
     n_val = len(val.images) if val is not None else 0
-    steps, seen, train_s, eval_s, loss_sum, loss_n = 0, 0, 0.0, 0.0, 0.0, 0
-    eval_rate = math.nan
+    c = Counters(batch_size=loader.batch_size)
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        c = Counters(**resume["counters"])
+        if c.batch_size != loader.batch_size:
+            loader = loader.rebatched(c.batch_size)
+    pending = sorted(m for m in milestones if c.train_s < m < total_seconds)
     state, last = "running", None
     model.train()
-    began = time.perf_counter()
+    began, eval_s, trained_before, seen_before = time.perf_counter(), 0.0, c.train_s, c.seen
+    saved_at, step_s = time.time(), 0.0
 
     def progress() -> float:
-        return max(steps / total_steps, train_s / total_seconds)
+        return max(c.steps / total_steps, c.train_s / total_seconds)
 
     def eval_limit() -> float:
-        return max(MIN_EVAL_S, EVAL_SHARE * train_s)
+        return max(MIN_EVAL_S, EVAL_SHARE * c.train_s)
 
     def eval_reserve() -> float:
         """Seconds the next evaluation will take: measured, or guessed from training speed,
         and never more than its limit."""
-        if not n_val or not seen:
+        if not n_val or not c.seen:
             return 0.0
-        rate = eval_rate if not math.isnan(eval_rate) else 3 * seen / max(train_s, 1e-9)
+        rate = c.eval_rate if not math.isnan(c.eval_rate) else 3 * c.seen / max(c.train_s, 1e-9)
         return min(1.2 * n_val / max(rate, 1.0), eval_limit())
 
+    def full_state() -> TrainState:
+        return {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                "counters": asdict(c)}
+
     def snapshot(final_state: str) -> Progress:
-        nonlocal eval_rate, eval_s
+        nonlocal eval_s
         acc, val_images = math.nan, 0
         if val is not None:
             tick = time.perf_counter()
             eval_until = min(stop_at, time.time() + eval_limit())
-            acc, eval_rate, val_images = evaluate(model, val, eval_until)
+            acc, c.eval_rate, val_images = evaluate(model, val, eval_until)
             eval_s += time.perf_counter() - tick
-        p = Progress(val_accuracy=acc, val_images=val_images, train_seconds=round(train_s, 3),
-                     epoch=round(seen / len(loader.images), 4), steps=steps,
-                     images_per_s=seen / max(train_s, 1e-9), eval_images_per_s=eval_rate,
-                     loss=loss_sum / max(loss_n, 1), state=final_state)
+        p = Progress(val_accuracy=acc, val_images=val_images, train_seconds=round(c.train_s, 3),
+                     epoch=round(c.seen / len(loader.images), 4), steps=c.steps,
+                     images_per_s=(c.seen - seen_before) / max(c.train_s - trained_before, 1e-9),
+                     eval_images_per_s=c.eval_rate, loss=c.loss_sum / max(c.loss_n, 1),
+                     state=final_state, batch_size=c.batch_size, oom_retries=c.oom_retries)
         if report is not None:
-            report(p)
+            report(p, full_state)
         return p
 
     while state == "running":
@@ -141,32 +187,47 @@ def train(model: nn.Module, loader: BatchLoader, recipe: Recipe, *, stop_at: flo
             if progress() >= 1.0:
                 state = "completed"
                 break
-            if time.time() + eval_reserve() >= stop_at:
+            if time.time() + step_s + eval_reserve() >= stop_at:  # no step may end late
                 state = "deadline"
                 break
             for group in opt.param_groups:
-                group["lr"] = recipe.lr * lr_factor(progress())
-            loss = loss_fn(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+                group["lr"] = recipe.lr * c.lr_scale * lr_factor(progress())
+            try:
+                loss = loss_fn(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+            except torch.OutOfMemoryError:
+                opt.zero_grad(set_to_none=True)
+                if c.oom_retries >= MAX_OOM_RETRIES or c.batch_size < 2:
+                    raise
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                c.oom_retries, c.batch_size = c.oom_retries + 1, c.batch_size // 2
+                c.lr_scale /= 2
+                loader = loader.rebatched(c.batch_size)
+                break  # the next pass of the while loop iterates the smaller batches
             opt.step()
             value = loss.item()
-            train_s = time.perf_counter() - began - eval_s  # wall time, data loading included
-            steps, seen = steps + 1, seen + len(y)
-            loss_sum, loss_n = loss_sum + value, loss_n + 1
+            train_s = trained_before + time.perf_counter() - began - eval_s  # data included
+            step_s, c.train_s = train_s - c.train_s, train_s
+            c.steps, c.seen = c.steps + 1, c.seen + len(y)
+            c.loss_sum, c.loss_n = c.loss_sum + value, c.loss_n + 1
             if not math.isfinite(value):
                 state = "diverged"
                 break
-            if val is not None and pending and train_s >= pending[0]:
-                pending = [m for m in pending if m > train_s]
+            if val is not None and pending and c.train_s >= pending[0]:
+                pending = [m for m in pending if m > c.train_s]
                 last = snapshot("running")
+            if save is not None and time.time() - saved_at >= save_every_s:
+                save(full_state())
+                saved_at, step_s = time.time(), 0.0
         else:
             if val is not None:
                 last = snapshot("running")
-    if last is not None and last.steps == steps:
+    if last is not None and last.steps == c.steps:
         final = replace(last, state=state)
         if report is not None:
-            report(final)
+            report(final, full_state)
         return final
     return snapshot(state)
 
@@ -190,19 +251,44 @@ class TrialData:
     seed: int
 
 
-def trainable(config: dict, data: TrialData) -> None:
-    """Ray Tune function trainable: train one sampled config, reporting to the scheduler."""
+def parse_config(config: dict[str, Any]) -> tuple[int, TrialConfig]:
+    """A Tune config is a TrialConfig plus the trial's number (stable across resumes)."""
+    fields = dict(config)
+    return int(fields.pop(TRIAL_KEY, 0)), TrialConfig.model_validate(fields)
+
+
+def load_checkpoint(directory: str | Path, device: str = "cpu") -> TrainState:
+    """A trial checkpoint: tensors and numbers only, so loading unpickles no code."""
+    return torch.load(Path(directory) / CHECKPOINT_FILE, map_location=device, weights_only=True)
+
+
+def trainable(config: dict[str, Any], data: TrialData) -> None:
+    """Ray Tune function trainable: train one sampled config, reporting to the scheduler
+    with a checkpoint each time, and continuing from the last one when Tune resumes it."""
     from ray import tune
 
     torch.set_num_threads(data.threads)
-    trial = TrialConfig.model_validate(config)
-    torch.manual_seed(data.seed)
+    number, trial = parse_config(config)
+    resume = None
+    if (checkpoint := tune.get_checkpoint()) is not None:
+        with checkpoint.as_directory() as directory:
+            resume = load_checkpoint(directory, data.device)
+    offset = resume["counters"]["steps"] if resume else 0  # a resumed trial sees new batches
+    torch.manual_seed(data.seed + offset)
     model = make_model(trial, data.shape, data.mean, data.std, data.device)
+    faults.install(model, number, trial.recipe.batch_size)
     loader = BatchLoader(data.x_train, data.y_train, trial.recipe.batch_size, train=True,
-                         hflip=trial.recipe.hflip, seed=data.seed, threads=data.threads,
-                         device=data.device)
+                         hflip=trial.recipe.hflip, seed=data.seed + offset,
+                         threads=data.threads, device=data.device)
     val = BatchLoader(data.x_val, data.y_val, EVAL_BATCH, train=False, threads=data.threads,
                       device=data.device)
+
+    def report(progress: Progress, state: Callable[[], TrainState]) -> None:
+        with tempfile.TemporaryDirectory() as directory:
+            torch.save(state(), Path(directory) / CHECKPOINT_FILE)
+            tune.report(progress.as_metrics(),
+                        checkpoint=tune.Checkpoint.from_directory(directory))
+
     train(model, loader, trial.recipe, stop_at=data.search_deadline,
           total_seconds=data.trial_seconds, val=val, milestones=data.milestones,
-          report=lambda p: tune.report(p.as_metrics()))
+          report=report, resume=resume)

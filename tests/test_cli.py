@@ -20,17 +20,31 @@ def _empty_class(p: Path) -> Path:
     return root
 
 
+def _with_file(p: Path, name: str, content: bytes) -> Path:
+    root = write_folder(p / "d", 2, size=8, suffix=".jpg")
+    (root / name).write_bytes(content)
+    return root
+
+
 @pytest.mark.parametrize("make_args,needle", [
     (lambda p: ["--data", str(p / "nope")], "nope does not exist"),
     (lambda p: ["--data", str((p / "e").mkdir() or p / "e")], "is empty"),
     (lambda p: ["--data", str(_empty_class(p))], "class folder .*zebra has no images"),
     (lambda p: ["--data", str(write_folder(p / "one", 2, classes={"a": (1, 2, 3)}))],
      "at least 2 classes"),
+    (lambda p: ["--data", str(_with_file(p, "red/0001.jpg", b"GIF89a not a jpeg"))],
+     "red/0001.jpg is not a JPEG"),
+    (lambda p: ["--data", str(_with_file(p, "blue/0000.jpg", b"\xff\xd8\xff\xe0\0\x10JFIF"))],
+     "blue/0000.jpg is a truncated JPEG"),
+    (lambda p: ["--data", str(_with_file(p, "green/0001.png", b""))], "green/0001.png is empty"),
     (lambda p: ["--max-params", "2X"], "--max-params"),
     (lambda p: ["--max-params", "0"], "--max-params"),
+    (lambda p: ["--max-params", "1e99"], "--max-params"),
     (lambda p: ["--minutes", "abc"], "--minutes"),
+    (lambda p: ["--minutes", "0"], "--minutes"),
     (lambda p: ["--minutes", "-1"], "--minutes"),
     (lambda p: ["--minutes", "nan"], "--minutes"),
+    (lambda p: ["--minutes", "1e9"], "--minutes"),
     (lambda p: ["--max-params", "1000"], "smallest .* has [0-9,]+ parameters"),
     (lambda p: ["--out", str((p / "f").write_text("x") and p / "f" / "run")], "not writable"),
     (lambda p: ["--space", str(p / "missing.yaml")], "missing.yaml does not exist"),

@@ -22,6 +22,10 @@ def _record(metrics):
     return TrialRecord(1, "t1", CONFIG.model_copy(update={"params": _params()}), metrics)
 
 
+def _where(tmp_path):
+    return {"log": logging.getLogger("test"), "checkpoint": tmp_path / "refit.pt"}
+
+
 def _params():
     from autofit import models
     from autofit.models import DataShape
@@ -29,10 +33,10 @@ def _params():
     return models.count_for("resnet", CONFIG.arch, DataShape(1, 8, 8, 10))
 
 
-def test_refit_epochs_come_from_measured_throughput(digits):
+def test_refit_epochs_come_from_measured_throughput(digits, tmp_path):
     stop_at = time.time() + 8.0
     _, info = refit(digits, _record({"images_per_s": 300.0}), stop_at=stop_at, device="cpu",
-                    threads=2, seed=0, log=logging.getLogger("test"))
+                    threads=2, seed=0, **_where(tmp_path))
     n = len(digits.y_train) + len(digits.y_val)
     assert info.train_images == n
     assert info.epochs_planned == pytest.approx(info.seconds_planned * 300 / n, rel=0.1)
@@ -40,16 +44,16 @@ def test_refit_epochs_come_from_measured_throughput(digits):
     assert info.state == "completed" and time.time() <= stop_at + 0.5
 
 
-def test_refit_with_no_time_left_still_returns_a_model(digits):
+def test_refit_with_no_time_left_still_returns_a_model(digits, tmp_path):
     model, info = refit(digits, _record({"images_per_s": 300.0}), stop_at=time.time() - 1,
-                        device="cpu", threads=2, seed=0, log=logging.getLogger("test"))
+                        device="cpu", threads=2, seed=0, **_where(tmp_path))
     assert info.steps == 0 and info.state == "deadline" and model is not None
 
 
-def test_refit_without_a_measured_throughput_uses_the_time_left(digits):
+def test_refit_without_a_measured_throughput_uses_the_time_left(digits, tmp_path):
     start = time.time()
     _, info = refit(digits, _record({}), stop_at=start + 5.0, device="cpu", threads=2, seed=0,
-                    log=logging.getLogger("test"))
+                    **_where(tmp_path))
     assert info.epochs_planned is None and info.steps > 1
     assert info.seconds >= 0.8 * info.seconds_planned and time.time() - start <= 5.5
     assert not math.isnan(info.epochs)

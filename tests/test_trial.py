@@ -41,7 +41,8 @@ def test_schedule_in_steps_completes_and_learns():
     model = _model()
     reports = []
     final = train(model, BatchLoader(x, y, 32, train=True), RECIPE, stop_at=time.time() + 60,
-                  total_steps=48, val=BatchLoader(x, y, 64, train=False), report=reports.append)
+                  total_steps=48, val=BatchLoader(x, y, 64, train=False),
+                  report=lambda p, state: reports.append(p))
     assert final.state == "completed" and final.steps == 48 and final.epoch == 6.0
     assert [r.epoch for r in reports[:-1]] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
     assert reports[-1].state == "completed" and final.val_accuracy > 0.9

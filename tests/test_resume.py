@@ -1,0 +1,136 @@
+"""Durable runs: SIGKILL at any moment, then `--resume`, finishes with the same artifacts, the
+finished trials kept, and the budget counted only while the run was alive. Ctrl-C once stops
+cleanly with a resume hint; twice exits at once."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ARTIFACTS = ("summary.json", "leaderboard.csv", "model.onnx", "model.pt", "best_so_far.onnx",
+             "best_so_far.json", "journal.json", "run.log")
+
+
+def _start(args: list[str]) -> subprocess.Popen[str]:
+    """The CLI in its own process group, so a kill takes Ray's processes with it (a crash)."""
+    return subprocess.Popen([sys.executable, "-m", "autofit", "run", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _wait_for(log: Path, pattern: str, proc: subprocess.Popen[str], timeout: float = 90) -> str:
+    end = time.time() + timeout
+    while time.time() < end:
+        text = log.read_text() if log.exists() else ""
+        if re.search(pattern, text):
+            return text
+        assert proc.poll() is None, f"run ended before {pattern!r}: {proc.stderr.read()}"
+        time.sleep(0.1)
+    raise AssertionError(f"{pattern!r} not in {log} after {timeout}s")
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def _finished_trials(log_text: str) -> dict[int, float]:
+    """Trials whose final result had been recorded (best-so-far offers come after it)."""
+    return {int(n): float(v) for n, v in
+            re.findall(r"best so far: trial (\d+), val_acc ([0-9.]+)", log_text)}
+
+
+def test_kill_nine_twice_then_resume_loses_nothing(flat_folder: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    log = out / "run.log"
+    budget_s = 90.0  # the restarts' own set-up must leave the refit something to resume
+    proc = _start(["--data", str(flat_folder), "--minutes", str(budget_s / 60), "--max-params",
+                   "100k", "--out", str(out), "--seed", "2"])
+    before = _finished_trials(_wait_for(log, r"trial 2 start", proc))
+    _kill(proc)
+    assert before and (out / "best_so_far.onnx").is_file()  # usable the moment trial 1 ended
+    spent_at_kill = sum(json.loads((out / "journal.json").read_text())["spent"].values())
+
+    proc = _start(["--resume", str(out)])
+    _wait_for(log, r"search: resuming the Ray Tune experiment", proc)
+    _wait_for(log, r"refit: .* planned", proc)
+    end = time.time() + 30
+    while not (out / "refit.pt").exists() and time.time() < end:  # its first saved state
+        assert proc.poll() is None, "the run finished before the refit saved its state"
+        time.sleep(0.05)
+    _kill(proc)
+
+    proc = _start(["--resume", str(out)])
+    stdout, stderr = proc.communicate(timeout=budget_s + 60)
+    assert proc.returncode == 0, stderr
+    assert "test accuracy" in stdout and "Traceback" not in stdout + stderr
+
+    for name in ARTIFACTS:
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["resumes"] == 2
+    assert summary["elapsed_s"] <= budget_s + 5.0  # dead time does not count ...
+    assert summary["wall_s"] > summary["elapsed_s"]  # ... though it passed
+    assert summary["elapsed_s"] >= spent_at_kill
+    with open(out / "leaderboard.csv") as handle:
+        rows = {int(r["trial"]): r for r in csv.DictReader(handle)}
+    for number, val_accuracy in before.items():  # finished before the kill: kept as they were
+        assert rows[number]["status"] != "error"
+        assert float(rows[number]["val_accuracy"]) == pytest.approx(val_accuracy, abs=1e-4)
+    text = log.read_text()
+    assert "refit: resuming" in text
+    assert not (out / "refit.pt").exists()
+
+
+def _searching(flat_folder: Path, out: Path) -> subprocess.Popen[str]:
+    """A one-minute run, once its first trial has started."""
+    proc = _start(["--data", str(flat_folder), "--minutes", "1", "--max-params", "100k",
+                   "--out", str(out)])
+    _wait_for(out / "run.log", r"trial 1 start", proc)
+    return proc
+
+
+def test_ctrl_c_once_stops_cleanly_and_says_how_to_resume(flat_folder: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    proc = _searching(flat_folder, out)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    lines = stderr.strip().splitlines()
+    assert lines[-1].startswith("autofit: error: interrupted after"), stderr
+    assert f"resume with: autofit run --resume {out}" in lines[-1]
+    assert "Traceback" not in stderr
+    journal = json.loads((out / "journal.json").read_text())
+    assert journal["status"] == "running" and journal["phase"] == "search"
+
+
+def test_ctrl_c_twice_exits_at_once(flat_folder: Path, tmp_path: Path):
+    proc = _searching(flat_folder, tmp_path / "run")
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)  # as a person presses it again, while the clean stop is under way
+    sent = time.time()
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=10)
+    assert proc.returncode == -signal.SIGINT and time.time() - sent < 1.0  # a shell shows 130
+    os.killpg(proc.pid, signal.SIGKILL)  # Ray's processes, left as a hard exit leaves them
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--minutes", "2"], "--resume continues a run with its own options; drop --minutes"),
+    ([], "no journal.json there; not an autofit run directory"),
+])
+def test_resume_refuses_what_it_cannot_continue(tmp_path: Path, args, needle):
+    proc = subprocess.run([sys.executable, "-m", "autofit", "run", "--resume", str(tmp_path),
+                           *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"autofit: error: {needle}"] or \
+        needle in proc.stderr, proc.stderr
