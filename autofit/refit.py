@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from autofit.dataset import Dataset
 from autofit.models import Classifier
 from autofit.pipeline import BatchLoader
 from autofit.search import TrialRecord
-from autofit.trial import TrainState, load_checkpoint, make_model, train
+from autofit.trial import TrainState, load_checkpoint, load_state, make_model, save_state, train
 
 SAVE_EVERY_S = 10.0  # at most; a short refit saves every tenth of its time (1 s at least)
 
@@ -45,8 +44,7 @@ def refit(dataset: Dataset, best: TrialRecord, *, stop_at: float, device: str, t
     x = np.concatenate([dataset.x_train, dataset.x_val])
     y = np.concatenate([dataset.y_train, dataset.y_val])
     mean, std = dataset.mean_std
-    resume = torch.load(checkpoint, map_location=device, weights_only=True) \
-        if checkpoint.is_file() else None
+    resume = load_state(checkpoint, device) if checkpoint.is_file() else None
     offset = resume["counters"]["steps"] if resume else 0
     torch.manual_seed(seed + offset)
     model = make_model(best.config, dataset.shape, mean, std, device)
@@ -83,9 +81,7 @@ def refit(dataset: Dataset, best: TrialRecord, *, stop_at: float, device: str, t
             train_images=len(dataset.y_train))
 
     def save(state: TrainState) -> None:
-        tmp = checkpoint.with_name(f".{checkpoint.name}.tmp")
-        torch.save({**state, "plan": plan}, tmp)
-        os.replace(tmp, checkpoint)
+        save_state({**state, "plan": plan}, checkpoint)
 
     start = time.time()
     final = train(model, loader, recipe, stop_at=stop_at, total_steps=steps_planned,

@@ -10,7 +10,9 @@ from typing import Any
 
 import torch
 
+from autofit.journal import write_atomic
 from autofit.search import TrialRecord
+from autofit.trial import save_state
 
 LEADERBOARD_FIELDS = ["trial", "family", "arch", "params", "batch_size", "lr", "weight_decay",
                       "label_smoothing", "hflip", "epochs", "train_seconds", "images_per_s",
@@ -20,16 +22,12 @@ LEADERBOARD_FIELDS = ["trial", "family", "arch", "params", "batch_size", "lr", "
 def save_weights(model: torch.nn.Module, path: Path) -> None:
     """The refit weights (a plain state_dict, loadable with weights_only=True), kept so the
     trained model survives even if its export fails."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
+    save_state(model.state_dict(), path)
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write atomically, so a reader never sees half a summary."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
 def write_leaderboard(path: Path, records: list[TrialRecord]) -> None:

@@ -19,8 +19,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from autofit import __version__, faults, pipeline
 from autofit import best as best_module
 from autofit.best import BestSoFar
@@ -35,7 +33,7 @@ from autofit.refit import RefitInfo, refit
 from autofit.report import save_weights, write_json, write_leaderboard
 from autofit.search import SearchFailed, SearchOutcome, TrialRecord, ray_session, run_search
 from autofit.space import SearchSpace
-from autofit.trial import make_model
+from autofit.trial import load_state, make_model
 
 RUN_MARKERS = ("journal.json", "summary.json", "model.onnx", "best_so_far.onnx",
                "leaderboard.csv", "tune")
@@ -224,14 +222,15 @@ def _run(args: RunArgs, clock: Clock, journal: Journal, log: logging.Logger) -> 
         "autofit_version": __version__,
     }
 
-    outcome, plan = _search(journal, dataset, space, budget, clock, device, metadata, log)
+    outcome, plan = _search(journal, dataset, space, budget, clock, device, threads, metadata,
+                            log)
     best = outcome.best
 
     clock.start_phase("refit")
     model_pt = out_dir / "model.pt"
     if journal.get("refit") is not None and model_pt.is_file():
         model = make_model(best.config, dataset.shape, *dataset.mean_std)
-        model.load_state_dict(torch.load(model_pt, weights_only=True))
+        model.load_state_dict(load_state(model_pt))
         model.eval()
         refit_info = RefitInfo(**journal.get("refit"))
         log.info("refit: done before the interruption; weights from %s", model_pt)
@@ -293,7 +292,7 @@ def _plan(journal: Journal, budget: Budget, clock: Clock, n_test: int) -> Plan:
 
 
 def _search(journal: Journal, dataset: Dataset, space: SearchSpace, budget: Budget,
-            clock: Clock, device: str, metadata: dict[str, Any],
+            clock: Clock, device: str, threads: int, metadata: dict[str, Any],
             log: logging.Logger) -> tuple[SearchOutcome, Plan]:
     """The search's records and plan: from the journal when it finished before an
     interruption. The plan is made once Ray is up, so Ray's start-up is not search time."""
@@ -304,7 +303,6 @@ def _search(journal: Journal, dataset: Dataset, space: SearchSpace, budget: Budg
                                 done["overrun_s"])
         log.info("search: done before the interruption (%d trials)", len(outcome.records))
         return outcome, Plan.model_validate(journal.get("plan"))
-    threads = os.cpu_count() or 1
     with ray_session(args.ray_address, threads, device) as workers:
         plan = _plan(journal, budget, clock, len(dataset.y_test))
         log.info("plan: setup %.1fs, search %.1fs (trials of %.1fs, ASHA milestones %s), "
@@ -333,6 +331,7 @@ def _summary(budget: Budget, clock: Clock, plan: Plan, dataset: Dataset, outcome
              space: SearchSpace, journal: Journal) -> dict[str, Any]:
     import nvidia.dali
     import ray
+    import torch
 
     best = outcome.best
     lives = journal.get("lives", [])

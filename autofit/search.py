@@ -246,8 +246,7 @@ def run_search(dataset: Dataset, space: SearchSpace, max_params: int, plan: Plan
         seed=seed,
     )
     stop_suggesting_at = plan.search_deadline - max(plan.milestones[:1] or (plan.trial_s,))
-    journal.set(search_clock={"deadline": plan.search_deadline,
-                              "stop_suggesting_at": stop_suggesting_at})
+    journal.set(search_clock={"stop_suggesting_at": stop_suggesting_at})
     runnable = tune.with_resources(tune.with_parameters(trainable, data=data),
                                    {"cpu": workers.trial_cpus, "gpu": workers.trial_gpus})
     experiment = (journal.run_dir / "tune" / EXPERIMENT).resolve()

@@ -8,6 +8,7 @@ wall-clock stop that leaves time for the final evaluation. `trainable` wraps it 
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -257,9 +258,21 @@ def parse_config(config: dict[str, Any]) -> tuple[int, TrialConfig]:
     return int(fields.pop(TRIAL_KEY, 0)), TrialConfig.model_validate(fields)
 
 
+def save_state(state: dict[str, Any], path: Path) -> None:
+    """torch.save to a temp file, then rename: a kill mid-write leaves the previous file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(path: Path, device: str = "cpu") -> dict[str, Any]:
+    """Tensors and numbers only (weights_only), so loading unpickles no code."""
+    return torch.load(path, map_location=device, weights_only=True)
+
+
 def load_checkpoint(directory: str | Path, device: str = "cpu") -> TrainState:
-    """A trial checkpoint: tensors and numbers only, so loading unpickles no code."""
-    return torch.load(Path(directory) / CHECKPOINT_FILE, map_location=device, weights_only=True)
+    """A trial checkpoint, from the directory Ray Tune keeps it in."""
+    return load_state(Path(directory) / CHECKPOINT_FILE, device)
 
 
 def trainable(config: dict[str, Any], data: TrialData) -> None:
@@ -285,7 +298,7 @@ def trainable(config: dict[str, Any], data: TrialData) -> None:
 
     def report(progress: Progress, state: Callable[[], TrainState]) -> None:
         with tempfile.TemporaryDirectory() as directory:
-            torch.save(state(), Path(directory) / CHECKPOINT_FILE)
+            save_state(state(), Path(directory) / CHECKPOINT_FILE)
             tune.report(progress.as_metrics(),
                         checkpoint=tune.Checkpoint.from_directory(directory))
 
