@@ -221,7 +221,7 @@ def train(model: nn.Module, loader: BatchLoader, recipe: Recipe, *, stop_at: flo
                 last = snapshot("running")
             if save is not None and time.time() - saved_at >= save_every_s:
                 save(full_state())
-                saved_at, step_s = time.time(), 0.0
+                saved_at = time.time()
         else:
             if val is not None:
                 last = snapshot("running")
