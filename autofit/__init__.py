@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Budget", "RunResult", "resume", "run", "__version__"]
+__all__ = ["Budget", "RunResult", "prepare", "resume", "run", "__version__"]
 
 if TYPE_CHECKING:
     from autofit.budget import Budget
+    from autofit.inputs import prepare
     from autofit.runner import RunResult, resume, run
 
 
@@ -18,6 +19,10 @@ def __getattr__(name: str) -> Any:
         from autofit.budget import Budget
 
         return Budget
+    if name == "prepare":
+        from autofit.inputs import prepare
+
+        return prepare
     if name in {"run", "resume", "RunResult"}:
         from autofit import runner
 

@@ -27,9 +27,14 @@ def _root() -> None:
 
 @app.command("run")
 def run_command(
-    data: Annotated[Path | None, typer.Option(
-        help="image folder: DIR/train/<class>/* [+ DIR/test/<class>/*] or DIR/<class>/*; "
+    data: Annotated[str | None, typer.Option(
+        help="image folder (DIR/train/<class>/* [+ DIR/test/<class>/*] or DIR/<class>/*), a "
+             "path,label CSV (or DIR with train.csv [+ test.csv]), a .npz (x_train, y_train "
+             "[, x_test, y_test]), or cifar10, cifar100, mnist, fashion-mnist from --data-root; "
              "default: embedded 8x8 digits")] = None,
+    data_root: Annotated[Path | None, typer.Option(
+        "--data-root", help="where named datasets are, in torchvision's layout [default: "
+                            "$AUTOFIT_DATA_ROOT or ~/.cache/autofit/datasets]")] = None,
     minutes: Annotated[str | None, typer.Option(
         help="wall-clock budget for the whole run (default: budgets/default.yaml)")] = None,
     max_params: Annotated[str | None, typer.Option(
@@ -63,8 +68,9 @@ def run_command(
         from autofit.presets import preset
 
         if resume is not None:
-            given = {"--data": data, "--minutes": minutes, "--max-params": max_params,
-                     "--out": out, "--seed": seed, "--space": space, "--budget": budget}
+            given = {"--data": data, "--data-root": data_root, "--minutes": minutes,
+                     "--max-params": max_params, "--out": out, "--seed": seed, "--space": space,
+                     "--budget": budget}
             clash = [name for name, value in given.items() if value is not None]
             if clash:
                 raise UsageError(f"--resume continues a run with its own options; drop "
@@ -75,7 +81,8 @@ def run_command(
             chosen = Budget.from_yaml(preset("budgets", budget or "default"), minutes=minutes,
                                       max_params=max_params)
             result = runner.run(data, chosen, out=out, seed=seed or 0, space=space or "default",
-                                ray_address=ray_address, started_at=started_at, quiet=quiet)
+                                ray_address=ray_address, started_at=started_at, quiet=quiet,
+                                data_root=data_root)
     except AutofitError as err:
         typer.echo(f"autofit: error: {err}", err=True)
         raise typer.Exit(err.exit_code) from None

@@ -19,6 +19,14 @@ class DataError(UsageError):
     """The dataset cannot be used as given (missing, empty, malformed)."""
 
 
+class UnreadableData(DataError):
+    """Too many images cannot be read to skip them; `bad` holds (file, reason) for each."""
+
+    def __init__(self, message: str, bad: list[tuple[str, str]]) -> None:
+        super().__init__(message)
+        self.bad = bad
+
+
 class BudgetError(UsageError):
     """No model in the search space fits the parameter budget."""
 

@@ -31,6 +31,7 @@ class RunArgs(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     data: str | None
+    data_root: str | None = None
     budget: Budget
     seed: int
     space: str

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from autofit import pipeline
 from autofit.dataset import Dataset
 from autofit.models import Classifier
-from autofit.pipeline import BatchLoader
 from autofit.search import TrialRecord
 from autofit.trial import TrainState, load_checkpoint, load_state, make_model, save_state, train
 
@@ -49,8 +49,9 @@ def refit(dataset: Dataset, best: TrialRecord, *, stop_at: float, device: str, t
     torch.manual_seed(seed + offset)
     model = make_model(best.config, dataset.shape, mean, std, device)
     recipe = best.config.recipe
-    loader = BatchLoader(x, y, recipe.batch_size, train=True, hflip=recipe.hflip,
-                         seed=seed + offset, threads=threads, device=device)
+    loader = pipeline.loader(dataset.data_path, x, y, recipe.batch_size, train=True,
+                             hflip=recipe.hflip, cutout=recipe.cutout, seed=seed + offset,
+                             threads=threads, device=device)
     rate = float(best.metrics.get("images_per_s") or 0.0)
     if resume is not None:
         seconds, steps_planned = resume["plan"]["seconds"], resume["plan"]["steps"]

@@ -15,8 +15,8 @@ from autofit.search import TrialRecord
 from autofit.trial import save_state
 
 LEADERBOARD_FIELDS = ["trial", "family", "arch", "params", "batch_size", "lr", "weight_decay",
-                      "label_smoothing", "hflip", "epochs", "train_seconds", "images_per_s",
-                      "val_accuracy", "status", "error"]
+                      "label_smoothing", "hflip", "cutout", "epochs", "train_seconds",
+                      "images_per_s", "val_accuracy", "status", "error"]
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
@@ -42,6 +42,7 @@ def write_leaderboard(path: Path, records: list[TrialRecord]) -> None:
             "lr": f"{r.config.recipe.lr:.4g}",
             "weight_decay": f"{r.config.recipe.weight_decay:.3g}",
             "label_smoothing": r.config.recipe.label_smoothing, "hflip": r.config.recipe.hflip,
+            "cutout": r.config.recipe.cutout,
             "epochs": m.get("epoch", ""), "train_seconds": m.get("train_seconds", ""),
             "images_per_s": round(m["images_per_s"]) if "images_per_s" in m else "",
             "val_accuracy": m.get("val_accuracy", ""), "status": r.status, "error": r.error or "",

@@ -24,7 +24,7 @@ from autofit import best as best_module
 from autofit.best import BestSoFar
 from autofit.budget import EVAL_RATE_GUESS, Budget, Clock, Plan, final_reserve
 from autofit.dataset import Dataset, load
-from autofit.errors import AutofitError, Interrupted, UsageError
+from autofit.errors import AutofitError, Interrupted, UnreadableData, UsageError
 from autofit.evaluate import onnx_accuracy
 from autofit.export import export_onnx
 from autofit.journal import Journal, RunArgs
@@ -32,6 +32,7 @@ from autofit.presets import preset
 from autofit.refit import RefitInfo, refit
 from autofit.report import save_weights, write_json, write_leaderboard
 from autofit.search import SearchFailed, SearchOutcome, TrialRecord, ray_session, run_search
+from autofit.sources import NAMED
 from autofit.space import SearchSpace
 from autofit.trial import load_state, make_model
 
@@ -105,32 +106,45 @@ def _logger(out_dir: Path, clock: Clock, quiet: bool) -> logging.Logger:
     return log
 
 
-def _device(log: logging.Logger) -> str:
+def _device(log: logging.Logger) -> tuple[str, pipeline.DataPath]:
+    """The device trials train on and the data path that feeds them, both said in the log."""
     import torch
 
-    if torch.cuda.is_available():
-        log.info("device: cuda (%s); data path %s: DALI decodes on the CPU backend, batches are "
-                 "copied to the GPU", torch.cuda.get_device_name(0), pipeline.backend_name())
-        return "cuda"
-    log.info("device: cpu (no GPU found); data path %s", pipeline.backend_name())
-    return "cpu"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    path = pipeline.choose(device)
+    where = f"cuda ({torch.cuda.get_device_name(0)})" if device == "cuda" else \
+        "cpu (no GPU found)"
+    level = logging.WARNING if path.name == pipeline.TORCH else logging.INFO
+    log.log(level, "device: %s; data path %s: %s", where, path.name, path.reason)
+    return device, path
 
 
 def run(data: str | Path | None = None, budget: Budget | None = None, *,
         out: str | Path | None = None, seed: int = 0, space: str | Path = "default",
         ray_address: str | None = None, started_at: float | None = None,
-        quiet: bool = False) -> RunResult:
+        quiet: bool = False, data_root: str | Path | None = None) -> RunResult:
     """Search, refit, export and score a model for the dataset at `data` within `budget`.
 
-    `data=None` uses the embedded 8x8 digits. `started_at` (a time.time() value) lets the CLI
-    count its own start-up against the budget. If the run is killed, `resume(out)` goes on.
+    `data` is a folder, a label CSV, a .npz, or a dataset name (`cifar10`, ...) found under
+    `data_root` in torchvision's layout; `data=None` uses the embedded 8x8 digits.
+    `started_at` (a time.time() value) lets the CLI count its own start-up against the budget.
+    If the run is killed, `resume(out)` goes on.
     """
     budget = budget or Budget.from_yaml(preset("budgets", "default"))
     space_path = preset("search_spaces", space)
     out_dir = prepare_out(out)
-    args = RunArgs(data=None if data is None else str(Path(data).resolve()), budget=budget,
-                   seed=seed, space=str(space_path.resolve()), ray_address=ray_address)
+    args = RunArgs(data=_where(data), data_root=None if data_root is None else
+                   str(Path(data_root).resolve()), budget=budget, seed=seed,
+                   space=str(space_path.resolve()), ray_address=ray_address)
     return _execute(Journal.create(out_dir, args), started_at, quiet)
+
+
+def _where(data: str | Path | None) -> str | None:
+    """The data as the journal keeps it: a dataset's name, else an absolute path, so a resume
+    from another directory finds the same data."""
+    if data is None or (str(data) in NAMED and not Path(data).exists()):
+        return None if data is None else str(data)
+    return str(Path(data).resolve())
 
 
 def resume(run_dir: str | Path, *, ray_address: str | None = None,
@@ -179,6 +193,8 @@ def _write_failure(out_dir: Path, clock: Clock, phase: str, err: AutofitError,
     summary = {"status": "failed", "failed_phase": phase, "error": str(err),
                "elapsed_s": round(clock.elapsed(), 3), "phases": clock.phases(),
                "best_so_far": _best_so_far(out_dir)}
+    if isinstance(err, UnreadableData):
+        summary["unreadable"] = [{"file": f, "reason": r} for f, r in err.bad]
     with suppress(OSError):
         write_json(out_dir / "summary.json", summary)
 
@@ -202,22 +218,28 @@ def _run(args: RunArgs, clock: Clock, journal: Journal, log: logging.Logger) -> 
         log.info("autofit %s: budget %.4g min, %s params max, seed %d, run dir %s",
                  __version__, budget.minutes, f"{budget.max_params:,}", seed, out_dir)
     space = SearchSpace.load(Path(args.space))
-    dataset = load(Path(args.data) if args.data is not None else None, seed, threads,
-                   check=lambda shape: space.check_fits(shape, budget.max_params))
+    device, data_path = _device(log)
+    dataset = load(args.data, seed, threads,
+                   check=lambda shape: space.check_fits(shape, budget.max_params),
+                   path=data_path, data_root=None if args.data_root is None else
+                   Path(args.data_root))
     for note in dataset.notes:
         log.info("data: %s", note)
-    log.info("data: %s, %d classes, %s, images %s", dataset.source, len(dataset.classes),
-             dataset.sizes(), "x".join(map(str, dataset.shape[:3])))
+    res = dataset.resolution
+    log.info("data: %s, %d classes, %s, images %dx%d, %d channel%s (%s)", dataset.source,
+             len(dataset.classes), dataset.sizes(), res.width, res.height, res.channels,
+             "" if res.channels == 1 else "s", res.how)
     fingerprint = {"classes": dataset.classes, "sizes": dataset.sizes(),
                    "shape": list(dataset.shape)}
     if journal.get("data", fingerprint) != fingerprint:
         raise UsageError(f"--resume {out_dir}: the data at {args.data} changed since the run "
                          f"started ({journal.get('data')} then, {fingerprint} now)")
     journal.set(data=fingerprint)
-    device = _device(log)
     metadata = {
         "classes": dataset.classes, "input_shape": list(dataset.shape[:3]),
         "input": "float32 NCHW, pixels in [0, 1], normalisation inside the graph",
+        "resize": {"height": res.height, "width": res.width, "channels": res.channels,
+                   "method": pipeline.RESIZE_METHOD, "chosen": res.how},
         "budget": {"minutes": budget.minutes, "max_params": budget.max_params},
         "autofit_version": __version__,
     }
@@ -363,9 +385,12 @@ def _summary(budget: Budget, clock: Clock, plan: Plan, dataset: Dataset, outcome
         "refit": asdict(refit_info),
         "export": asdict(exported),
         "device": device,
-        "data_pipeline": pipeline.backend_name(),
+        "data_pipeline": dataset.data_path,
         "threads": os.cpu_count(),
-        "data": {"name": dataset.name, "source": dataset.source, "sizes": dataset.sizes()},
+        "data": {"name": dataset.name, "source": dataset.source, "sizes": dataset.sizes(),
+                 "resolution": dataset.resolution._asdict(),
+                 "skipped": [{"file": f, "reason": r} for f, r in dataset.skipped],
+                 "ignored": [{"file": f, "reason": r} for f, r in dataset.ignored]},
         "classes": dataset.classes,
         "input_shape": list(dataset.shape[:3]),
         "search_space": space.source,

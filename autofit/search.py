@@ -198,11 +198,14 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "unknown error"
 
 
-def _record(result: Any, trial_s: float) -> TrialRecord | None:
-    """A Tune result as a leaderboard row; None for a trial that never ran."""
+def _record(result: Any, trial_s: float,
+            configs: dict[str, dict[str, Any]]) -> TrialRecord | None:
+    """A Tune result as a leaderboard row; None for a trial that never ran. A trial that
+    failed before its first report has no config in its result: `configs` (by trial id, from
+    Tune's trial objects) has it."""
     if not result.metrics and result.error is None:
         return None
-    number, config = parse_config(result.config)
+    number, config = parse_config(result.config or configs[result.metrics["trial_id"]])
     metrics = {k: result.metrics[k] for k in _METRIC_KEYS if k in (result.metrics or {})}
     record = TrialRecord(number, str(result.metrics.get("trial_id", number)), config, metrics,
                          checkpoint=result.checkpoint.path if result.checkpoint else None)
@@ -243,7 +246,7 @@ def run_search(dataset: Dataset, space: SearchSpace, max_params: int, plan: Plan
         y_val=dataset.y_val, shape=dataset.shape, mean=dataset.mean_std[0],
         std=dataset.mean_std[1], trial_seconds=plan.trial_s, milestones=plan.milestones,
         search_deadline=plan.search_deadline, threads=workers.trial_cpus, device=device,
-        seed=seed,
+        seed=seed, data_path=dataset.data_path,
     )
     stop_suggesting_at = plan.search_deadline - max(plan.milestones[:1] or (plan.trial_s,))
     journal.set(search_clock={"stop_suggesting_at": stop_suggesting_at})
@@ -275,7 +278,9 @@ def run_search(dataset: Dataset, space: SearchSpace, max_params: int, plan: Plan
         )
     grid = tuner.fit()
     overrun = time.time() - plan.search_deadline
-    records = [r for r in (_record(result, plan.trial_s) for result in grid) if r is not None]
+    configs = {t.trial_id: t.config for t in grid._experiment_analysis.trials}
+    records = [r for r in (_record(result, plan.trial_s, configs) for result in grid)
+               if r is not None]
     outcome = SearchOutcome(sorted(records, key=lambda r: r.number), round(overrun, 3))
     if not outcome.records:
         raise AutofitError("the search ran no trial before its deadline; give a larger budget")

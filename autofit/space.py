@@ -13,7 +13,15 @@ from typing import Annotated
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Tag, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from autofit import models
 from autofit.errors import BudgetError, UsageError, one_line
@@ -94,6 +102,7 @@ class Recipe(BaseModel):
     weight_decay: float
     label_smoothing: float = 0.0
     hflip: bool = True
+    cutout: float = Field(default=0.0, ge=0.0, le=1.0)
     momentum: float = 0.9
 
 
@@ -110,7 +119,8 @@ class TrialConfig(BaseModel):
         arch = " ".join(f"{k}={v}" for k, v in self.arch.items())
         r = self.recipe
         return (f"{self.family} {arch} ({self.params / 1e6:.3f}M params) bs={r.batch_size} "
-                f"lr={r.lr:.3g} wd={r.weight_decay:.2g} ls={r.label_smoothing} hflip={r.hflip}")
+                f"lr={r.lr:.3g} wd={r.weight_decay:.2g} ls={r.label_smoothing} hflip={r.hflip} "
+                f"cutout={r.cutout}")
 
 
 class SearchSpace(BaseModel):

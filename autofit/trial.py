@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from autofit import faults, models
+from autofit import faults, models, pipeline
 from autofit.models import Classifier, DataShape
-from autofit.pipeline import BatchLoader
+from autofit.pipeline import Loader
 from autofit.space import Recipe, TrialConfig
 
 WARMUP = 0.1
@@ -93,7 +93,7 @@ def make_model(config: TrialConfig, shape: DataShape, mean: list[float], std: li
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: BatchLoader,
+def evaluate(model: nn.Module, loader: Loader,
              stop_at: float = math.inf) -> tuple[float, float, int]:
     """Accuracy on `loader`, the images/s it ran at, and how many images it saw: it stops
     early (after at least one batch) at `stop_at`, so a deadline also bounds evaluation.
@@ -110,9 +110,9 @@ def evaluate(model: nn.Module, loader: BatchLoader,
     return correct / max(total, 1), total / max(time.perf_counter() - start, 1e-9), total
 
 
-def train(model: nn.Module, loader: BatchLoader, recipe: Recipe, *, stop_at: float,
+def train(model: nn.Module, loader: Loader, recipe: Recipe, *, stop_at: float,
           total_seconds: float = math.inf, total_steps: float = math.inf,
-          val: BatchLoader | None = None, milestones: tuple[float, ...] = (),
+          val: Loader | None = None, milestones: tuple[float, ...] = (),
           report: Callable[[Progress, Callable[[], TrainState]], None] | None = None,
           resume: TrainState | None = None,
           save: Callable[[TrainState], None] | None = None,
@@ -250,6 +250,7 @@ class TrialData:
     threads: int
     device: str
     seed: int
+    data_path: str
 
 
 def parse_config(config: dict[str, Any]) -> tuple[int, TrialConfig]:
@@ -289,12 +290,13 @@ def trainable(config: dict[str, Any], data: TrialData) -> None:
     offset = resume["counters"]["steps"] if resume else 0  # a resumed trial sees new batches
     torch.manual_seed(data.seed + offset)
     model = make_model(trial, data.shape, data.mean, data.std, data.device)
-    faults.install(model, number, trial.recipe.batch_size)
-    loader = BatchLoader(data.x_train, data.y_train, trial.recipe.batch_size, train=True,
-                         hflip=trial.recipe.hflip, seed=data.seed + offset,
-                         threads=data.threads, device=data.device)
-    val = BatchLoader(data.x_val, data.y_val, EVAL_BATCH, train=False, threads=data.threads,
-                      device=data.device)
+    loader = pipeline.loader(data.data_path, data.x_train, data.y_train,
+                             trial.recipe.batch_size, train=True, hflip=trial.recipe.hflip,
+                             cutout=trial.recipe.cutout, seed=data.seed + offset,
+                             threads=data.threads, device=data.device)
+    faults.install(model, number, loader.batch_size)  # the batch it trains at: small data caps it
+    val = pipeline.loader(data.data_path, data.x_val, data.y_val, EVAL_BATCH, train=False,
+                          threads=data.threads, device=data.device)
 
     def report(progress: Progress, state: Callable[[], TrainState]) -> None:
         with tempfile.TemporaryDirectory() as directory:

@@ -19,11 +19,12 @@ needs_cifar = pytest.mark.skipif(not CIFAR.is_dir(), reason=f"no CIFAR-10 JPEGs 
 
 
 @needs_cifar
-def test_dali_decodes_cifar_jpegs_like_pil():
+@pytest.mark.parametrize("path", [pipeline.DALI_CPU, pipeline.TORCH])
+def test_decoders_read_cifar_jpegs_like_pil(path: str):
     files = [str(p) for c in sorted((CIFAR / "test").iterdir()) for p in sorted(c.iterdir())[:10]]
-    decoded = pipeline.decode(files, 32, 32, 3, threads=2)
+    decoded, bad = pipeline.decode(pipeline.DataPath(path, ""), files, 32, 32, 3, threads=2)
     reference = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
-    assert decoded.shape == (100, 32, 32, 3)
+    assert decoded.shape == (100, 32, 32, 3) and not bad
     assert np.abs(decoded.astype(int) - reference).mean() < 1.0  # JPEG decoders round apart
 
 

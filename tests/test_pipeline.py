@@ -1,7 +1,9 @@
 import numpy as np
+import pytest
 import torch
 
 from autofit.pipeline import BatchLoader
+from autofit.torch_data import TorchBatchLoader
 
 
 def _images(n=64, size=16, channels=3, seed=0):
@@ -9,9 +11,10 @@ def _images(n=64, size=16, channels=3, seed=0):
     return rng.integers(0, 256, (n, size, size, channels), dtype=np.uint8), np.arange(n) % 4
 
 
-def test_eval_batches_are_exact_and_ordered():
+@pytest.mark.parametrize("make", [BatchLoader, TorchBatchLoader])
+def test_eval_batches_are_exact_and_ordered(make):
     x, y = _images(50)
-    loader = BatchLoader(x, y, 16, train=False)
+    loader = make(x, y, 16, train=False)
     xs, ys = zip(*loader, strict=True)
     assert len(loader) == 4 and [len(b) for b in ys] == [16, 16, 16, 2]
     want = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255

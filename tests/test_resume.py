@@ -52,7 +52,7 @@ def _finished_trials(log_text: str) -> dict[int, float]:
 def test_kill_nine_twice_then_resume_loses_nothing(flat_folder: Path, tmp_path: Path):
     out = tmp_path / "run"
     log = out / "run.log"
-    budget_s = 90.0  # the restarts' own set-up must leave the refit something to resume
+    budget_s = 120.0  # three lives' set-up (15-20 s each) must leave the refit time to resume
     proc = _start(["--data", str(flat_folder), "--minutes", str(budget_s / 60), "--max-params",
                    "100k", "--out", str(out), "--seed", "2"])
     before = _finished_trials(_wait_for(log, r"trial 2 start", proc))
@@ -65,7 +65,7 @@ def test_kill_nine_twice_then_resume_loses_nothing(flat_folder: Path, tmp_path: 
     _wait_for(log, r"refit: .* planned", proc)
     end = time.time() + 30
     while not (out / "refit.pt").exists() and time.time() < end:  # its first saved state
-        assert proc.poll() is None, "the run finished before the refit saved its state"
+        assert proc.poll() is None, f"finished before the refit saved a state: {log.read_text()}"
         time.sleep(0.05)
     _kill(proc)
 

@@ -1,0 +1,42 @@
+"""Image files as the exact input an exported model was trained on.
+
+The model's ONNX metadata (`resize`) holds its training resolution and channels; the files go
+through the same decoder and resize the run used, so a prediction sees what training saw.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from autofit import pipeline
+from autofit.decoder import shown
+from autofit.errors import UsageError
+
+
+def resize_of(model_path: str | Path) -> dict[str, object]:
+    """The `resize` record an autofit model carries in its ONNX metadata."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(model_path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - a missing file or not an ONNX model
+        raise UsageError(f"cannot read {shown(model_path)} as an ONNX model: {err}") from None
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if "resize" not in meta:
+        raise UsageError(f"{shown(model_path)} has no autofit resize metadata; it was not "
+                         "exported by autofit 0.1 or later")
+    return json.loads(meta["resize"])
+
+
+def prepare(files: Sequence[str | Path], model_path: str | Path,
+            threads: int = 1) -> np.ndarray:
+    """float32 N x C x H x W in [0, 1]: `files` decoded and resized as the model's run did."""
+    resize = resize_of(model_path)
+    height, width, channels = (int(resize[k]) for k in ("height", "width", "channels"))
+    path = pipeline.choose("cpu")
+    pixels, _ = pipeline.decode(path, [str(f) for f in files], height, width, channels, threads)
+    return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
