@@ -140,7 +140,7 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int,
     return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
 
 
-def check_image_file(path: Path) -> ImageInfo | None:
+def check_image_file(path: str | Path) -> ImageInfo | None:
     """Refuse what is not a whole image of a sane size by its first and last bytes and its
     header: an empty file, a text file named .jpg, a JPEG or PNG cut short, a decompression
     bomb. DALI 2.4's CPU decoder can crash the process (SIGSEGV) on such files instead of
@@ -228,15 +228,33 @@ def _pil_size(path: Path) -> ImageInfo | None:
         return None
 
 
-def _entries(folder: Path) -> list[Path]:
+def _entries(folder: Path) -> list[os.DirEntry[str]]:
+    """A folder's entries by name; scandir's entries know their type without a stat each,
+    which matters at 50,000 files."""
     try:
-        return sorted(folder.iterdir())
+        with os.scandir(folder) as it:
+            return sorted(it, key=lambda e: e.name)
     except OSError as err:
         raise DataError(f"cannot list {shown(folder)}: {err.strerror or err}") from None
 
 
 def _class_dirs(root: Path) -> list[Path]:
-    return [p for p in _entries(root) if p.is_dir() and not p.name.startswith(".")]
+    return [Path(e.path) for e in _entries(root) if _is(e, "dir") and not e.name.startswith(".")]
+
+
+def _is(entry: os.DirEntry[str], kind: str) -> bool:
+    """Whether an entry is a folder or file, following links; a dangling or looping link is
+    neither (Path.is_dir's answer, where DirEntry's raises)."""
+    try:
+        return entry.is_dir() if kind == "dir" else entry.is_file()
+    except OSError:
+        return False
+
+
+def _suffix(name: str) -> str:
+    """What Path.suffix gives, lower-cased, without building a Path."""
+    dot = name.rfind(".")
+    return name[dot:].lower() if dot > 0 else ""
 
 
 def _checked(files: list[str], labels: list[int], found: Found) -> Listing:
@@ -244,7 +262,7 @@ def _checked(files: list[str], labels: list[int], found: Found) -> Listing:
     kept, kept_labels = [], []
     for path, label in zip(files, labels, strict=True):
         try:
-            info = check_image_file(Path(path))
+            info = check_image_file(path)
         except DataError as err:
             found.skipped.append((path, str(err)))
             continue
@@ -271,13 +289,13 @@ def _list_split(root: Path, found: Found, classes: list[str] | None = None
     files: list[str] = []
     labels: list[int] = []
     for d in dirs:
-        entries = [p for p in _entries(d) if p.is_file() and not p.name.startswith(".")]
-        images = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
-        found.ignored += [(str(p), "not an image file (by its name)") for p in entries
-                          if p.suffix.lower() not in IMAGE_SUFFIXES]
+        entries = [e for e in _entries(d) if _is(e, "file") and not e.name.startswith(".")]
+        images = [e.path for e in entries if _suffix(e.name) in IMAGE_SUFFIXES]
+        found.ignored += [(e.path, "not an image file (by its name)") for e in entries
+                          if _suffix(e.name) not in IMAGE_SUFFIXES]
         if not images:
             raise DataError(f"class folder {shown(d)} has no images")
-        files += [str(p) for p in images]
+        files += images
         labels += [index[d.name]] * len(images)
     if classes is None and len(names) < 2:
         raise DataError(f"{shown(root)} has {len(names)} class folder; at least 2 classes are "
