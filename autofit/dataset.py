@@ -452,8 +452,12 @@ def _from_files(root: Path, seed: int, threads: int, check: Callable[[DataShape]
     files = train.files + test.files
     _check_room(root, len(files), res)
     try:
+        sized = res.height == res.width and len(found.infos) == len(files) and all(
+            (i.height, i.width) == (res.height, res.width) for i in found.infos)  # square:
+        # an EXIF rotation, which the decoder applies, cannot change its size
         pixels, bad = pipeline.decode(path, files, res.height, res.width, res.channels, threads,
-                                      max_bad=_allowance(total) - len(found.skipped))
+                                      max_bad=_allowance(total) - len(found.skipped),
+                                      resize=not sized)
     except UnreadableData as err:
         raise _too_many(found.skipped + err.bad, total) from None
     found.skipped += bad

@@ -88,15 +88,17 @@ def _gpu_self_test() -> str | None:
 
 
 def decode(path: DataPath, files: Sequence[str], height: int, width: int, channels: int,
-           threads: int, max_bad: int = 0) -> tuple[np.ndarray, list[tuple[str, str]]]:
+           threads: int, max_bad: int = 0,
+           resize: bool = True) -> tuple[np.ndarray, list[tuple[str, str]]]:
     """Decode and resize files to N x H x W x C uint8 in file order, on the path's device.
 
     Files that cannot be decoded are left out, up to `max_bad` of them: the pixels of the rest
-    and the (file, reason) of each one left out. One more is a DataError."""
+    and the (file, reason) of each one left out. One more is a DataError. `resize=False`
+    promises every image is height x width already."""
     if path.name == TORCH:
         return torch_data.decode(files, height, width, channels, threads, max_bad)
     return decoder.decode(files, height, width, channels, threads, max_bad=max_bad,
-                          gpu=path.name == DALI_GPU)
+                          gpu=path.name == DALI_GPU, resize=resize)
 
 
 def loader(path: str, images: np.ndarray, labels: np.ndarray, batch_size: int, *,

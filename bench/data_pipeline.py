@@ -95,10 +95,11 @@ def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
 
 
 def dali_decode(files: list[str], threads: int) -> np.ndarray:
-    """autofit.decoder.decode's pixels (DALI CPU in its child process), as a run gets them."""
+    """autofit.decoder.decode's pixels (DALI CPU in its child process), as a run gets them: every
+    CIFAR header says 32x32, so the run skips the resize."""
     from autofit import decoder
 
-    pixels, _ = decoder.decode(files, SIZE, SIZE, 3, threads)
+    pixels, _ = decoder.decode(files, SIZE, SIZE, 3, threads, resize=False)
     return pixels
 
 
