@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Budget", "RunResult", "prepare", "resume", "run", "__version__"]
+__all__ = ["Budget", "RunResult", "load", "prepare", "resume", "run", "__version__"]
 
 if TYPE_CHECKING:
     from autofit.budget import Budget
     from autofit.inputs import prepare
+    from autofit.predict import load
     from autofit.runner import RunResult, resume, run
 
 
@@ -23,6 +24,10 @@ def __getattr__(name: str) -> Any:
         from autofit.inputs import prepare
 
         return prepare
+    if name == "load":
+        from autofit.predict import load
+
+        return load
     if name in {"run", "resume", "RunResult"}:
         from autofit import runner
 

@@ -96,6 +96,81 @@ def run_command(
     typer.echo(f"model: {result.model_path}")
 
 
+@app.command("predict")
+def predict_command(
+    model: Annotated[Path, typer.Argument(help="an autofit model.onnx")],
+    images: Annotated[list[Path], typer.Argument(help="image files or folders of them")],
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="classes per image")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON document on stdout")]
+    = False,
+) -> None:
+    """Labels and probabilities for images, resized as the model was trained."""
+    import json
+
+    from autofit.predict import load
+
+    try:
+        predictions = load(model).predict(images, top_k=top_k)
+    except AutofitError as err:
+        typer.echo(f"autofit: error: {err}", err=True)
+        raise typer.Exit(err.exit_code) from None
+    failed = [p for p in predictions if p.error is not None]
+    if as_json:
+        typer.echo(json.dumps([p.as_dict() for p in predictions], indent=2))
+    else:
+        for p in predictions:
+            top = "  ".join(f"{label} {prob:.3f}" for label, prob in
+                            zip(p.labels, p.probabilities, strict=True))
+            typer.echo(f"{p.image}: {top or 'unreadable'}")
+    for p in failed:
+        typer.echo(f"autofit: error: {p.error}", err=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("inspect")
+def inspect_command(
+    model: Annotated[Path, typer.Argument(help="an autofit model.onnx")],
+) -> None:
+    """Classes, input, parameters, opset, budget, accuracy and batch-1 latency of a model."""
+    from autofit.predict import load
+
+    try:
+        facts = load(model).facts()
+    except AutofitError as err:
+        typer.echo(f"autofit: error: {err}", err=True)
+        raise typer.Exit(err.exit_code) from None
+    for key, value in facts.items():
+        shown = ", ".join(map(str, value)) if isinstance(value, list) and key == "classes" \
+            else value
+        typer.echo(f"{key:<18} {shown}")
+
+
+@app.command("budgets")
+def budgets_command() -> None:
+    """List the budget presets in budgets/ (use one with `autofit run --budget NAME`)."""
+    from autofit.budget import Budget
+    from autofit.presets import listed, summary_line
+
+    typer.echo(f"{'name':<10} {'minutes':>7} {'max params':>11} {'search':>6}  what for")
+    for path in listed("budgets"):
+        budget = Budget.from_yaml(path)
+        typer.echo(f"{path.stem:<10} {budget.minutes:>7g} {budget.max_params:>11,} "
+                   f"{budget.search_share:>6.0%}  {summary_line(path)}")
+
+
+@app.command("spaces")
+def spaces_command() -> None:
+    """List the search spaces in search_spaces/ (use one with `autofit run --space NAME`)."""
+    from autofit.presets import listed, summary_line
+    from autofit.space import SearchSpace
+
+    typer.echo(f"{'name':<10} {'families':<24} what")
+    for path in listed("search_spaces"):
+        families = ", ".join(SearchSpace.load(path).families)
+        typer.echo(f"{path.stem:<10} {families:<24} {summary_line(path)}")
+
+
 def _second_interrupt_exits() -> None:
     """The first Ctrl-C raises KeyboardInterrupt (the run stops cleanly and records where it
     was); a second one, while that happens, ends the process at once: the default action, which

@@ -35,8 +35,15 @@ def resize_of(model_path: str | Path) -> dict[str, object]:
 def prepare(files: Sequence[str | Path], model_path: str | Path,
             threads: int = 1) -> np.ndarray:
     """float32 N x C x H x W in [0, 1]: `files` decoded and resized as the model's run did."""
-    resize = resize_of(model_path)
+    return as_input(files, resize_of(model_path), threads)[0]
+
+
+def as_input(files: Sequence[str | Path], resize: dict[str, object], threads: int = 1,
+             max_bad: int = 0) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """`files` through the run's decoder at the size and channels of a `resize` record; up to
+    `max_bad` unreadable ones are left out and returned with their reasons."""
     height, width, channels = (int(resize[k]) for k in ("height", "width", "channels"))
     path = pipeline.choose("cpu")
-    pixels, _ = pipeline.decode(path, [str(f) for f in files], height, width, channels, threads)
-    return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+    pixels, bad = pipeline.decode(path, [str(f) for f in files], height, width, channels,
+                                  threads, max_bad)
+    return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0, bad

@@ -9,6 +9,19 @@ from autofit.errors import UsageError
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def listed(kind: str) -> list[Path]:
+    """The presets that ship in ROOT/kind, by name."""
+    return sorted((ROOT / kind).glob("*.yaml"))
+
+
+def summary_line(path: Path) -> str:
+    """A preset's first comment line: what it says it is for."""
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
 def preset(kind: str, name_or_path: str | Path) -> Path:
     """A preset by name (`default`) from ROOT/kind, or a YAML file given by path."""
     candidate = Path(name_or_path)

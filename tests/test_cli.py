@@ -78,3 +78,32 @@ def test_help_lists_the_options():
     assert result.exit_code == 0
     for option in ("--data", "--minutes", "--max-params", "--out", "--seed"):
         assert option in result.stdout
+
+
+def test_budgets_lists_the_shipped_presets_and_flags_override_them():
+    from autofit.budget import Budget
+    from autofit.presets import preset
+
+    result = CliRunner().invoke(app, ["budgets"])
+    assert result.exit_code == 0
+    rows = {line.split()[0]: line.split()[1:3] for line in result.stdout.splitlines()[1:]}
+    assert rows["quick"] == ["1", "500,000"] and rows["standard"] == ["10", "2,000,000"]
+    assert rows["edge"] == ["5", "250,000"] and "default" in rows
+    chosen = Budget.from_yaml(preset("budgets", "edge"), minutes="2", max_params=None)
+    assert (chosen.minutes, chosen.max_params) == (2.0, 250_000)
+
+
+def test_spaces_lists_each_space_with_its_families():
+    result = CliRunner().invoke(app, ["spaces"])
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[1].split()[:2] == ["default", "resnet"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["predict", "nowhere.onnx", "x.png"], "cannot read nowhere.onnx as an ONNX model"),
+    (["inspect", "nowhere.onnx"], "cannot read nowhere.onnx as an ONNX model"),
+])
+def test_predict_and_inspect_refuse_what_is_not_a_model(args, needle):
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and result.stderr.strip().startswith("autofit: error: ")
+    assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1

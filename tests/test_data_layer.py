@@ -18,6 +18,7 @@ import torch
 from conftest import COLOURS, draw, write_folder
 from PIL import Image
 
+import autofit
 from autofit import pipeline
 from autofit.dataset import MAX_SIDE, load
 from autofit.errors import DataError, UnreadableData
@@ -224,6 +225,25 @@ def test_run_records_resolution_skips_and_resize_in_summary_and_onnx(tmp_path: P
     logits = ort.InferenceSession(str(out / "model.onnx")).run(["logits"], {"input": x})[0]
     truth = [summary["classes"].index(p.parent.name) for p in files]
     assert (logits.argmax(1) == truth).mean() > 0.8
+
+    predicted = autofit.load(out / "model.onnx").predict([root / "red"], top_k=2)
+    unreadable = [p for p in predicted if p.error is not None]
+    assert [p.image for p in unreadable] == [str(root / "red" / "broken.png")]
+    readable = [p for p in predicted if p.error is None]
+    assert len(readable) == 56 and [p.labels[0] for p in readable].count("red") > 40
+    assert all(abs(sum(p.probabilities) - 1) < 1e-6 for p in readable)  # 2 classes: all mass
+    cli = subprocess.run([sys.executable, "-m", "autofit", "predict", str(out / "model.onnx"),
+                          str(files[0]), "--top-k", "3", "--json"],
+                         capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0, cli.stderr
+    (one,) = json.loads(cli.stdout)
+    assert one["image"] == str(files[0]) and len(one["top"]) == 2  # top-k capped at 2 classes
+    shown = subprocess.run([sys.executable, "-m", "autofit", "inspect", str(out / "model.onnx")],
+                           capture_output=True, text=True, timeout=60)
+    facts = dict(line.split(None, 1) for line in shown.stdout.strip().splitlines())
+    assert facts["classes"] == "blue, red" and facts["input_shape"] == "[3, 16, 16]"
+    assert float(facts["test_accuracy"]) == summary["test_accuracy"]
+    assert float(facts["latency_ms_batch1"]) > 0 and facts["opset"] == "18"
 
 
 def test_a_run_without_dali_takes_the_torch_path_and_says_so(flat_folder: Path, tmp_path: Path):
