@@ -6,17 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from autofit.export import to_input
+from autofit.export import ort_session, to_input
 
 BATCH = 512
 
 
 def onnx_accuracy(path: Path, images: np.ndarray, labels: np.ndarray, threads: int) -> float:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort_session(path, threads)
     correct = 0
     for start in range(0, len(images), BATCH):
         logits = session.run(["logits"], {"input": to_input(images[start:start + BATCH])})[0]

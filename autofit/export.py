@@ -68,11 +68,19 @@ def onnx_param_count(model_proto) -> int:  # type: ignore[no-untyped-def]
                if t.data_type in floats and len(t.dims) > 0)
 
 
+def ort_session(path: Path, threads: int):  # type: ignore[no-untyped-def]
+    """An onnxruntime CPU session on `threads` intra-op threads: how autofit runs every model."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def export_onnx(model: torch.nn.Module, path: Path, images: np.ndarray,
                 metadata: dict[str, object], threads: int) -> ExportInfo:
     """Write `path` atomically; raise ExportError if the file is not a faithful copy."""
     import onnx
-    import onnxruntime as ort
 
     model = model.eval().cpu()
     sample = to_input(images[:PARITY_IMAGES])
@@ -91,9 +99,7 @@ def export_onnx(model: torch.nn.Module, path: Path, images: np.ndarray,
             entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, str(tmp))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(tmp), options, providers=["CPUExecutionProvider"])
+        session = ort_session(tmp, threads)
         got = session.run(["logits"], {"input": sample})[0]
         with torch.no_grad():
             want = model(torch.from_numpy(sample)).numpy()

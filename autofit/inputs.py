@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,25 +18,33 @@ from autofit.decoder import shown
 from autofit.errors import UsageError
 
 
-def resize_of(model_path: str | Path) -> dict[str, object]:
-    """The `resize` record an autofit model carries in its ONNX metadata."""
+def read_model(model_path: str | Path) -> tuple[Any, dict[str, Any]]:
+    """An autofit ONNX model's proto and its metadata, JSON values decoded; refuses a file
+    without the `classes` and `resize` records autofit writes."""
     import onnx
 
     try:
         proto = onnx.load(str(model_path), load_external_data=False)
     except Exception as err:  # noqa: BLE001 - a missing file or not an ONNX model
         raise UsageError(f"cannot read {shown(model_path)} as an ONNX model: {err}") from None
-    meta = {p.key: p.value for p in proto.metadata_props}
-    if "resize" not in meta:
-        raise UsageError(f"{shown(model_path)} has no autofit resize metadata; it was not "
-                         "exported by autofit 0.1 or later")
-    return json.loads(meta["resize"])
+    meta = {p.key: _value(p.value) for p in proto.metadata_props}
+    if "classes" not in meta or "resize" not in meta:
+        raise UsageError(f"{shown(model_path)} has no autofit metadata (classes, resize); it "
+                         "was not exported by autofit 0.1 or later")
+    return proto, meta
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def prepare(files: Sequence[str | Path], model_path: str | Path,
             threads: int = 1) -> np.ndarray:
     """float32 N x C x H x W in [0, 1]: `files` decoded and resized as the model's run did."""
-    return as_input(files, resize_of(model_path), threads)[0]
+    return as_input(files, read_model(model_path)[1]["resize"], threads)[0]
 
 
 def as_input(files: Sequence[str | Path], resize: dict[str, object], threads: int = 1,

@@ -18,8 +18,9 @@ import numpy as np
 
 from autofit.dataset import IMAGE_SUFFIXES
 from autofit.decoder import shown
-from autofit.errors import DataError, UsageError
-from autofit.inputs import as_input
+from autofit.errors import DataError
+from autofit.export import ort_session
+from autofit.inputs import as_input, read_model
 
 LATENCY_RUNS = 50
 
@@ -45,25 +46,12 @@ class Model:
     """An autofit ONNX model in onnxruntime, with its metadata."""
 
     def __init__(self, path: str | Path, threads: int = 1) -> None:
-        import onnx
-        import onnxruntime as ort
-
         self.path = Path(path)
-        try:
-            proto = onnx.load(str(self.path), load_external_data=False)
-        except Exception as err:  # noqa: BLE001 - a missing file or not an ONNX model
-            raise UsageError(f"cannot read {shown(self.path)} as an ONNX model: {err}") from None
-        raw = {p.key: p.value for p in proto.metadata_props}
-        if "classes" not in raw or "resize" not in raw:
-            raise UsageError(f"{shown(self.path)} has no autofit metadata (classes, resize)")
-        self.metadata = {k: _value(v) for k, v in raw.items()}
+        proto, self.metadata = read_model(self.path)
         self.classes: list[str] = self.metadata["classes"]
         self.opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
                          default=0)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(self.path), options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort_session(self.path, threads)
         self.threads = threads
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
@@ -142,9 +130,3 @@ def expand(images: Sequence[str | Path]) -> list[Path]:
         raise DataError(f"no image files in {', '.join(map(shown, images))}")
     return files
 
-
-def _value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
