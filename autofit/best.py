@@ -21,7 +21,7 @@ from autofit.export import export_onnx
 from autofit.journal import write_atomic
 from autofit.models import DataShape
 from autofit.space import TrialConfig
-from autofit.trial import load_checkpoint, make_model
+from autofit.trial import load_checkpoint, make_model, weights
 
 MODEL = "best_so_far.onnx"
 RECORD = "best_so_far.json"
@@ -47,12 +47,13 @@ class BestSoFar:
 
     def offer(self, number: int, config: TrialConfig, val_accuracy: float,
               checkpoint_dir: str, log: logging.Logger) -> bool:
-        """Export trial `number` from its checkpoint if it beats the model on disk."""
+        """Export trial `number` from its checkpoint if it beats the model on disk (with the
+        weights it was validated with: their EMA when its recipe keeps one)."""
         if not math.isfinite(val_accuracy) or val_accuracy <= self.score():
             return False
         try:
             model = make_model(config, self.shape, self.mean, self.std)
-            model.load_state_dict(load_checkpoint(checkpoint_dir)["model"])
+            model.load_state_dict(weights(load_checkpoint(checkpoint_dir)))
             metadata = {**self.metadata, "val_accuracy": val_accuracy, "trial": number,
                         "params": config.params, "config": config.describe()}
             export_onnx(model, self.run_dir / MODEL, self.images, metadata, self.threads)

@@ -20,7 +20,15 @@ from autofit import pipeline
 from autofit.dataset import Dataset
 from autofit.models import Classifier
 from autofit.search import TrialRecord
-from autofit.trial import TrainState, load_checkpoint, load_state, make_model, save_state, train
+from autofit.trial import (
+    TrainState,
+    load_checkpoint,
+    load_state,
+    make_model,
+    save_state,
+    train,
+    weights,
+)
 
 SAVE_EVERY_S = 10.0  # at most; a short refit saves every tenth of its time (1 s at least)
 
@@ -39,7 +47,8 @@ class RefitInfo:
 def refit(dataset: Dataset, best: TrialRecord, *, stop_at: float, device: str, threads: int,
           seed: int, log: logging.Logger, checkpoint: Path) -> tuple[Classifier, RefitInfo]:
     """Train the winner on train+val until `stop_at`, saving its state to `checkpoint`
-    every few seconds; a checkpoint already there (a resumed run) is continued."""
+    every few seconds; a checkpoint already there (a resumed run) is continued. The model
+    returned holds the weights to export: their EMA when the recipe keeps one."""
     torch.set_num_threads(threads)
     x = np.concatenate([dataset.x_train, dataset.x_val])
     y = np.concatenate([dataset.y_train, dataset.y_val])
@@ -75,7 +84,7 @@ def refit(dataset: Dataset, best: TrialRecord, *, stop_at: float, device: str, t
             and epochs_planned < trained:
         log.info("refit: skipped, %.1f epochs fit in the time left and the winner trained %.1f; "
                  "its own weights are the model", epochs_planned, trained)
-        model.load_state_dict(load_checkpoint(best.checkpoint, device)["model"])
+        model.load_state_dict(weights(load_checkpoint(best.checkpoint, device)))
         return _cpu(model), RefitInfo(
             seconds_planned=round(seconds, 3), epochs_planned=round(epochs_planned, 3),
             epochs=trained, steps=0, seconds=0.0, state="kept the winning trial's weights",

@@ -14,9 +14,10 @@ from autofit.journal import write_atomic
 from autofit.search import TrialRecord
 from autofit.trial import save_state
 
-LEADERBOARD_FIELDS = ["trial", "family", "arch", "params", "batch_size", "lr", "weight_decay",
-                      "label_smoothing", "hflip", "cutout", "epochs", "train_seconds",
-                      "images_per_s", "val_accuracy", "status", "error"]
+LEADERBOARD_FIELDS = ["trial", "family", "arch", "params", "optimizer", "schedule", "batch_size",
+                      "lr", "weight_decay", "label_smoothing", "dropout", "hflip", "cutout",
+                      "ema", "tta", "epochs", "train_seconds", "images_per_s", "val_accuracy",
+                      "status", "error"]
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
@@ -35,14 +36,14 @@ def write_leaderboard(path: Path, records: list[TrialRecord]) -> None:
     rows = []
     for r in sorted(records, key=lambda r: r.score, reverse=True):
         m = r.metrics
+        recipe = {k: v for k, v in r.config.recipe.model_dump().items()
+                  if k in LEADERBOARD_FIELDS}
         rows.append({
             "trial": r.number, "family": r.config.family,
             "arch": " ".join(f"{k}={v}" for k, v in r.config.arch.items()),
-            "params": r.config.params, "batch_size": r.config.recipe.batch_size,
+            "params": r.config.params, **recipe,
             "lr": f"{r.config.recipe.lr:.4g}",
             "weight_decay": f"{r.config.recipe.weight_decay:.3g}",
-            "label_smoothing": r.config.recipe.label_smoothing, "hflip": r.config.recipe.hflip,
-            "cutout": r.config.recipe.cutout,
             "epochs": m.get("epoch", ""), "train_seconds": m.get("train_seconds", ""),
             "images_per_s": round(m["images_per_s"]) if "images_per_s" in m else "",
             "val_accuracy": m.get("val_accuracy", ""), "status": r.status, "error": r.error or "",

@@ -2,14 +2,17 @@
 
 A sampled architecture over `max_params` never reaches a trainer: its `fit_order` knobs are
 shrunk (width first, by default) until the exact count fits, and it is resampled otherwise.
+With `fill:`, one knob per family is not drawn but set so the model lands just under a target
+near the cap, so trials spend the parameter budget instead of wasting it on tiny models.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 import yaml
@@ -18,8 +21,12 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     Tag,
+    TypeAdapter,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -94,16 +101,25 @@ Knob = Annotated[Annotated[Choice, Tag("choice")] | Annotated[Range, Tag("range"
 
 
 class Recipe(BaseModel):
-    """Training settings of one trial (what `training:` in a space file samples)."""
+    """Training settings of one trial (what `training:` in a space file samples).
+
+    Every field after the first three has a default equal to what autofit did before it
+    existed, so journals and checkpoints of older runs still validate. How `lr`, `weight_decay`
+    and `momentum` read for each optimizer: autofit/optim.py."""
 
     model_config = ConfigDict(extra="forbid")
-    batch_size: int
-    lr: float
-    weight_decay: float
-    label_smoothing: float = 0.0
+    batch_size: int = Field(gt=0)
+    lr: float = Field(gt=0.0)  # peak, on SGD's scale (adaptive optimizers: x0.01)
+    weight_decay: float = Field(ge=0.0)
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
     hflip: bool = True
     cutout: float = Field(default=0.0, ge=0.0, le=1.0)
-    momentum: float = 0.9
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)  # SGD momentum, Adam's beta1
+    optimizer: Literal["sgd", "adam", "adamw", "nadam", "sam"] = "sgd"
+    schedule: Literal["onecycle", "cosine"] = "onecycle"
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)  # before the classifier head
+    ema: bool = False  # evaluate, checkpoint and export an EMA of the weights
+    tta: bool = False  # average the logits of each image and its mirror (only with hflip)
 
 
 class TrialConfig(BaseModel):
@@ -118,17 +134,87 @@ class TrialConfig(BaseModel):
     def describe(self) -> str:
         arch = " ".join(f"{k}={v}" for k, v in self.arch.items())
         r = self.recipe
-        return (f"{self.family} {arch} ({self.params / 1e6:.3f}M params) bs={r.batch_size} "
-                f"lr={r.lr:.3g} wd={r.weight_decay:.2g} ls={r.label_smoothing} hflip={r.hflip} "
-                f"cutout={r.cutout}")
+        extras = "".join(f" {name}" for name, on in (("ema", r.ema), ("tta", r.tta and r.hflip))
+                         if on)
+        return (f"{self.family} {arch} ({self.params / 1e6:.3f}M params) {r.optimizer} "
+                f"{r.schedule} bs={r.batch_size} lr={r.lr:.3g} wd={r.weight_decay:.2g} "
+                f"ls={r.label_smoothing} hflip={r.hflip} cutout={r.cutout} "
+                f"dropout={r.dropout}{extras}")
+
+
+def _check_training(training: dict[str, Knob]) -> None:
+    """Every `training:` knob names a Recipe field and every value it can take is valid for
+    it, so a typo (`optimizer: {choices: [adamw, rmsprop]}`) fails when the file loads, naming
+    the knob, not when a trial first draws it."""
+    fields = Recipe.model_fields
+    unknown = set(training) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown training knobs {sorted(unknown)} (known: {sorted(fields)})")
+    missing = {"batch_size", "lr", "weight_decay"} - set(training)
+    if missing:
+        raise ValueError(f"training must set {sorted(missing)}")
+    for name, knob in training.items():
+        field = fields[name]
+        if isinstance(knob, Range):
+            if field.annotation not in (int, float):
+                raise ValueError(f"training.{name} takes {{choices: [...]}}, not a range")
+            if field.annotation is int and knob.step is None:
+                raise ValueError(f"training.{name} takes integers: give its range a step")
+            values = knob.values() if knob.step is not None else [knob.low, knob.high]
+        else:
+            values = knob.values()
+        kind = Annotated[(field.annotation, *field.metadata)] if field.metadata \
+            else field.annotation
+        adapter = TypeAdapter(kind)
+        for value in values:
+            try:
+                adapter.validate_python(value)
+            except ValidationError as err:
+                reason = err.errors()[0]["msg"]
+                raise ValueError(f"training.{name}: {value!r} is not allowed ({reason})") from None
+
+
+class Fill(BaseModel):
+    """`fill: {knob: width, low: 0.5}`: each family's fill knob is not drawn but set to the
+    largest value whose model has at most a target drawn log-uniformly in [low * cap, cap]
+    parameters, given the family's other drawn knobs. `knob` may list one name per family
+    (`[width, widen, alpha]`) for a space mixing families whose width knobs differ in name."""
+
+    model_config = ConfigDict(extra="forbid")
+    knob: str | list[str]
+    low: float = Field(default=0.5, gt=0.0, le=1.0)
+
+    def names(self) -> list[str]:
+        return [self.knob] if isinstance(self.knob, str) else list(self.knob)
 
 
 class SearchSpace(BaseModel):
     model_config = ConfigDict(extra="forbid")
     families: dict[str, dict[str, Knob]]
     fit_order: list[str] = ["width", "depth"]
+    fill: Fill | None = None
     training: dict[str, Knob]
     source: str = "<memory>"
+    # Exact counts already made: a fill search counts the same few models again and again.
+    _counts: dict[tuple[object, ...], int] = PrivateAttr(default_factory=dict)
+
+    @field_validator("fill")
+    @classmethod
+    def _fill_knobs(cls, fill: Fill | None, info: ValidationInfo) -> Fill | None:
+        families = info.data.get("families")
+        if fill is None or not families:
+            return fill
+        known = sorted({name for family_knobs in families.values() for name in family_knobs})
+        for name in fill.names():
+            if name not in known:
+                raise ValueError(f"knob {name!r} is not a knob of any family in this space "
+                                 f"(knobs: {', '.join(known)})")
+        for family, family_knobs in families.items():
+            mine = [name for name in fill.names() if name in family_knobs]
+            if len(mine) != 1:
+                raise ValueError(f"knob must name exactly one knob of family {family!r} "
+                                 f"(it names {mine or 'none'} of {sorted(family_knobs)})")
+        return fill
 
     @model_validator(mode="after")
     def _known(self) -> SearchSpace:
@@ -149,14 +235,7 @@ class SearchSpace(BaseModel):
                                      "range)") from None
                 if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
                     raise ValueError(f"{family}.{name} must take integer values")
-        recipe_fields = set(Recipe.model_fields)
-        unknown = set(self.training) - recipe_fields
-        if unknown:
-            raise ValueError(f"unknown training knobs {sorted(unknown)} "
-                             f"(known: {sorted(recipe_fields)})")
-        missing = {"batch_size", "lr", "weight_decay"} - set(self.training)
-        if missing:
-            raise ValueError(f"training must set {sorted(missing)}")
+        _check_training(self.training)
         return self
 
     @classmethod
@@ -200,7 +279,11 @@ class SearchSpace(BaseModel):
         for _ in range(tries):
             family = list(self.families)[int(rng.integers(len(self.families)))]
             drawn = {name: int(knob.sample(rng)) for name, knob in self.families[family].items()}
-            fitted = self.fit(family, drawn, shape, max_params)
+            target = None
+            if self.fill is not None:  # drawn only with fill: spaces without keep their stream
+                low = math.log(self.fill.low * max_params)
+                target = int(math.exp(rng.uniform(low, math.log(max_params))))
+            fitted = self.fit(family, drawn, shape, max_params, target)
             if fitted is not None:
                 arch, params = fitted
                 return TrialConfig(family=family, arch=arch, recipe=recipe, params=params)
@@ -208,18 +291,106 @@ class SearchSpace(BaseModel):
         raise BudgetError(f"no model fitting --max-params {max_params:,} was drawn from "
                           f"{self.source} in {tries} tries")
 
-    def fit(self, family: str, drawn: dict[str, int], shape: DataShape,
-            max_params: int) -> tuple[dict[str, int], int] | None:
+    def fit(self, family: str, drawn: dict[str, int], shape: DataShape, max_params: int,
+            target: int | None = None) -> tuple[dict[str, int], int] | None:
         """Largest model at or below the drawn knobs that fits, shrinking `fit_order` knobs
-        (the first one fastest); None when even their smallest values are over the cap."""
-        order = [k for k in self.fit_order if k in drawn]
+        (the first one fastest); None when even their smallest values are over the cap.
+
+        With `fill`, the family's fill knob is not shrunk from its drawn value but chosen
+        afresh at each step of the others to land near `target` (default: the cap)."""
+        knob = self._fill_knob(family)
+        order = [k for k in self.fit_order if k in drawn and k != knob]
         ladders = [
             sorted((v for v in self.families[family][k].values() if v <= drawn[k]), reverse=True)
             for k in reversed(order)
         ]
         for combo in itertools.product(*ladders):
             arch = {**drawn, **dict(zip(reversed(order), combo, strict=True))}
-            params = models.count_for(family, arch, shape)
+            if knob is not None:
+                filled = self._fill(family, arch, knob, shape, max_params, target or max_params)
+                if filled is not None:
+                    return filled
+                continue
+            params = self._count(family, arch, shape)
             if params <= max_params:
                 return arch, params
         return None
+
+    def _fill_knob(self, family: str) -> str | None:
+        if self.fill is None:
+            return None
+        return next(name for name in self.fill.names() if name in self.families[family])
+
+    def _fill(self, family: str, arch: dict[str, int], knob: str, shape: DataShape,
+              max_params: int, target: int) -> tuple[dict[str, int], int] | None:
+        """`arch` with `knob` at the largest value whose model has at most `target` params;
+        if that is below low * cap, the next value up when it fits the cap, so a coarse knob
+        (WRN's integer widen) still lands in [low * cap, cap] whenever any value does.
+
+        Counts grow with the knob, so this is a search for the boundary; every returned count
+        is exact and checked, so the cap holds even for a family where they did not grow."""
+        assert self.fill is not None
+        values = sorted(int(v) for v in self.families[family][knob].values())
+
+        def count(i: int) -> int:
+            return self._count(family, {**arch, knob: values[i]}, shape)
+
+        keys = [_count_key(family, {**arch, knob: v}, shape) for v in values]
+        known = {i: self._counts[key] for i, key in enumerate(keys) if key in self._counts}
+        under = _boundary(values, count, target, known)  # values[:under] are at most target
+        best = under - 1
+        if best >= 0 and count(best) >= self.fill.low * max_params:
+            pick = best
+        elif under < len(values) and count(under) <= max_params:
+            pick = under
+        elif best >= 0 and count(best) <= max_params:
+            pick = best
+        else:
+            return None
+        return {**arch, knob: values[pick]}, count(pick)
+
+    def _count(self, family: str, arch: dict[str, int], shape: DataShape) -> int:
+        key = _count_key(family, arch, shape)
+        if key not in self._counts:
+            self._counts[key] = models.count_for(family, arch, shape)
+        return self._counts[key]
+
+
+def _boundary(values: list[int], count: Callable[[int], int], target: int,
+              known: dict[int, int]) -> int:
+    """How many of `values` (ascending) give at most `target` parameters.
+
+    A deep model takes tens of milliseconds to count even on the meta device, so probes
+    are few: the next is where sqrt(params), near-linear in a width knob, would reach
+    the target, by extrapolation from one count or interpolation between the bracket's
+    ends, with a bisection whenever that fails to halve the bracket."""
+    seen = dict(known)  # counts made for earlier samples bracket the search from the start
+    lo = max((i for i, c in seen.items() if c <= target), default=-1)
+    hi = min((i for i, c in seen.items() if c > target), default=len(values))
+    if hi <= lo:  # counts that do not grow with the knob: search afresh
+        lo, hi, seen = -1, len(values), {}
+    bisect = False
+    while hi - lo > 1:
+        ends = [i for i in (lo, hi) if i in seen]
+        guess: float | None = None
+        if len(ends) == 2 and not bisect:
+            (a, ca), (b, cb) = ((i, math.sqrt(seen[i])) for i in ends)
+            guess = values[a] + (math.sqrt(target) - ca) * (values[b] - values[a]) / (cb - ca)
+        elif ends and not bisect:  # params ~ knob squared, from the one count made
+            guess = values[ends[0]] * math.sqrt(target / max(seen[ends[0]], 1))
+        if guess is None:
+            probe = (lo + hi) // 2
+        else:
+            probe = min(range(lo + 1, hi), key=lambda i: abs(values[i] - guess))
+        before = hi - lo
+        seen[probe] = count(probe)
+        if seen[probe] <= target:
+            lo = probe
+        else:
+            hi = probe
+        bisect = not bisect and (hi - lo) * 2 > before
+    return lo + 1
+
+
+def _count_key(family: str, arch: dict[str, int], shape: DataShape) -> tuple[object, ...]:
+    return family, tuple(sorted(arch.items())), tuple(shape)

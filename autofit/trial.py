@@ -3,10 +3,13 @@
 The loop is bounded twice: by its schedule (`total_seconds` of training, or `total_steps`),
 which drives the learning rate so a cut-short run still anneals, and by `stop_at`, a hard
 wall-clock stop that leaves time for the final evaluation. `trainable` wraps it for Ray Tune.
+The recipe's optimizer, schedule, SAM and weight EMA come from autofit/optim.py; on a GPU the
+forward pass and loss run under bf16 autocast (float32 weights and optimizer state).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -20,12 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from autofit import faults, models, pipeline
+from autofit import faults, models, optim, pipeline
 from autofit.models import Classifier, DataShape
 from autofit.pipeline import Loader
 from autofit.space import Recipe, TrialConfig
 
-WARMUP = 0.1
 EVAL_BATCH = 512
 MIN_EVAL_S = 2.0  # an evaluation may always take this long ...
 EVAL_SHARE = 0.25  # ... or this share of the training time so far, whichever is longer
@@ -74,22 +76,35 @@ class Counters:
     oom_retries: int = 0
 
 
-def lr_factor(progress: float) -> float:
-    """Linear warm-up, then linear decay to zero at progress 1."""
-    if progress < WARMUP:
-        return progress / WARMUP
-    return max(0.0, (1.0 - progress) / (1.0 - WARMUP))
-
-
 def make_model(config: TrialConfig, shape: DataShape, mean: list[float], std: list[float],
                device: str = "cpu") -> Classifier:
     """The config's model on `device`, channels_last (what the loaders feed), with its
-    parameter count checked against the one the search fitted to the cap."""
-    model = Classifier(models.build_for(config.family, config.arch, shape), mean, std)
+    parameter count checked against the one the search fitted to the cap. Test-time flips
+    only where training flips: a space that turns `hflip` off because a mirror changes the
+    label gets no mirrored views at test time either."""
+    recipe = config.recipe
+    net = models.build_for(config.family, config.arch, shape, dropout=recipe.dropout)
+    model = Classifier(net, mean, std, tta=recipe.tta and recipe.hflip)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if params != config.params:
         raise RuntimeError(f"{config.describe()}: built {params} params, counted {config.params}")
     return model.to(device, memory_format=torch.channels_last)
+
+
+def on_gpu(model: nn.Module) -> bool:
+    return any(p.is_cuda for p in model.parameters())
+
+
+def autocast(gpu: bool) -> torch.autocast:
+    """bf16 autocast on a GPU (its tensor cores; no loss scaling needed, unlike fp16), off on
+    the CPU, where bf16 is slower than float32 on most machines. Weights, gradients and
+    optimizer state stay float32; cross-entropy runs in float32 under autocast."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=gpu)
+
+
+def weights(state: TrainState) -> dict[str, torch.Tensor]:
+    """The weights a checkpoint is evaluated and exported with: its EMA when it kept one."""
+    return state.get("ema") or state["model"]
 
 
 @torch.no_grad()
@@ -100,9 +115,12 @@ def evaluate(model: nn.Module, loader: Loader,
     Loaders keep a seeded shuffled order, so a cut-short pass is still a fair sample."""
     model.eval()
     correct = total = 0
+    gpu = on_gpu(model)
     start = time.perf_counter()
     for x, y in loader:
-        correct += int((model(x).argmax(1) == y).sum())
+        with autocast(gpu):
+            logits = model(x)
+        correct += int((logits.argmax(1) == y).sum())
         total += len(y)
         if time.time() >= stop_at:
             break
@@ -121,18 +139,18 @@ def train(model: nn.Module, loader: Loader, recipe: Recipe, *, stop_at: float,
 
     With `val`, it reports after every epoch and each `milestones` second of training (with a
     callable giving the full training state, for checkpoints); `save` gets that state every
-    `save_every_s`. `resume` (such a state) continues where it was taken, schedule included.
-    Out of memory, it retries with half the batch (and half the learning rate), twice at most.
+    `save_every_s`. `resume` (such a state) continues where it was taken, schedule and EMA
+    included. Out of memory, it retries with half the batch (and half the learning rate),
+    twice at most. A step is one forward and backward pass, two with SAM. With `recipe.ema`,
+    evaluations use the averaged weights, and the model holds them when this returns (what
+    the refit exports).
     """
     if math.isinf(total_seconds) and math.isinf(total_steps):
         raise ValueError("train needs total_seconds or total_steps")
     total_seconds, total_steps = max(total_seconds, 1e-6), max(total_steps, 1)
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": recipe.weight_decay},
-                           {"params": no_decay, "weight_decay": 0.0}],
-                          lr=recipe.lr, momentum=recipe.momentum, nesterov=True)
+    opt = optim.build(model, recipe)
+    sam = optim.SAM(opt, model) if recipe.optimizer == "sam" else None
+    peak, gpu = optim.peak_lr(recipe), on_gpu(model)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     n_val = len(val.images) if val is not None else 0
     c = Counters(batch_size=loader.batch_size)
@@ -142,11 +160,19 @@ def train(model: nn.Module, loader: Loader, recipe: Recipe, *, stop_at: float,
         c = Counters(**resume["counters"])
         if c.batch_size != loader.batch_size:
             loader = loader.rebatched(c.batch_size)
+    ema = optim.EMA(model, resume.get("ema") if resume is not None else None) \
+        if recipe.ema else None
     pending = sorted(m for m in milestones if c.train_s < m < total_seconds)
     state, last = "running", None
     model.train()
     began, eval_s, trained_before, seen_before = time.perf_counter(), 0.0, c.train_s, c.seen
     saved_at, step_s = time.time(), 0.0
+
+    def forward_backward(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with autocast(gpu):
+            loss = loss_fn(model(x), y)
+        loss.backward()
+        return loss
 
     def progress() -> float:
         return max(c.steps / total_steps, c.train_s / total_seconds)
@@ -163,8 +189,9 @@ def train(model: nn.Module, loader: Loader, recipe: Recipe, *, stop_at: float,
         return min(1.2 * n_val / max(rate, 1.0), eval_limit())
 
     def full_state() -> TrainState:
-        return {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                "counters": asdict(c)}
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                 "counters": asdict(c)}
+        return state if ema is None else {**state, "ema": ema.state}
 
     def snapshot(final_state: str) -> Progress:
         nonlocal eval_s
@@ -172,7 +199,8 @@ def train(model: nn.Module, loader: Loader, recipe: Recipe, *, stop_at: float,
         if val is not None:
             tick = time.perf_counter()
             eval_until = min(stop_at, time.time() + eval_limit())
-            acc, c.eval_rate, val_images = evaluate(model, val, eval_until)
+            with ema.applied(model) if ema is not None else contextlib.nullcontext():
+                acc, c.eval_rate, val_images = evaluate(model, val, eval_until)
             eval_s += time.perf_counter() - tick
         p = Progress(val_accuracy=acc, val_images=val_images, train_seconds=round(c.train_s, 3),
                      epoch=round(c.seen / len(loader.images), 4), steps=c.steps,
@@ -192,11 +220,14 @@ def train(model: nn.Module, loader: Loader, recipe: Recipe, *, stop_at: float,
                 state = "deadline"
                 break
             for group in opt.param_groups:
-                group["lr"] = recipe.lr * c.lr_scale * lr_factor(progress())
+                group["lr"] = peak * c.lr_scale * optim.lr_factor(progress(), recipe.schedule)
             try:
-                loss = loss_fn(model(x), y)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss = forward_backward(x, y)
+                if sam is not None:  # a second forward and backward pass, at perturbed weights
+                    sam.step(lambda x=x, y=y: forward_backward(x, y))
+                else:
+                    opt.step()
             except torch.OutOfMemoryError:
                 opt.zero_grad(set_to_none=True)
                 if c.oom_retries >= MAX_OOM_RETRIES or c.batch_size < 2:
@@ -207,7 +238,6 @@ def train(model: nn.Module, loader: Loader, recipe: Recipe, *, stop_at: float,
                 c.lr_scale /= 2
                 loader = loader.rebatched(c.batch_size)
                 break  # the next pass of the while loop iterates the smaller batches
-            opt.step()
             value = loss.item()
             train_s = trained_before + time.perf_counter() - began - eval_s  # data included
             step_s, c.train_s = train_s - c.train_s, train_s
@@ -216,6 +246,8 @@ def train(model: nn.Module, loader: Loader, recipe: Recipe, *, stop_at: float,
             if not math.isfinite(value):
                 state = "diverged"
                 break
+            if ema is not None:  # not a diverged step: the average keeps the weights before it
+                ema.update(c.steps)
             if val is not None and pending and c.train_s >= pending[0]:
                 pending = [m for m in pending if m > c.train_s]
                 last = snapshot("running")
@@ -229,8 +261,11 @@ def train(model: nn.Module, loader: Loader, recipe: Recipe, *, stop_at: float,
         final = replace(last, state=state)
         if report is not None:
             report(final, full_state)
-        return final
-    return snapshot(state)
+    else:
+        final = snapshot(state)
+    if ema is not None:
+        model.load_state_dict(ema.state)
+    return final
 
 
 @dataclass(frozen=True)

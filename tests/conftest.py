@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200),
@@ -31,6 +32,26 @@ def write_folder(root: Path, per_class: int, size: int = 16, suffix: str = ".png
         for i in range(per_class):
             Image.fromarray(draw(colour, size, rng)).save(folder / f"{i:04d}{suffix}")
     return root
+
+
+def two_class(n: int = 256, size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Greyscale arrays a tiny model learns in a few steps: class 1 has a bright top half."""
+    rng = np.random.default_rng(0)
+    y = np.arange(n) % 2
+    x = rng.integers(0, 60, (n, size, size, 1), dtype=np.uint8)
+    x[y == 1, : size // 2] += 150
+    return x, y
+
+
+class NaNNet(torch.nn.Module):
+    """Fault injection: a network whose output turns NaN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.flatten(1)[:, :2] * self.w) * float("nan")
 
 
 @pytest.fixture

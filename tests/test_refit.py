@@ -3,11 +3,13 @@ import math
 import time
 
 import pytest
+import torch
 
 from autofit.dataset import load
 from autofit.refit import refit
 from autofit.search import TrialRecord
 from autofit.space import Recipe, TrialConfig
+from autofit.trial import CHECKPOINT_FILE, load_state, make_model, save_state
 
 CONFIG = TrialConfig(family="resnet", arch={"depth": 8, "width": 8},
                      recipe=Recipe(batch_size=64, lr=0.05, weight_decay=5e-4), params=19_770)
@@ -57,3 +59,32 @@ def test_refit_without_a_measured_throughput_uses_the_time_left(digits, tmp_path
     assert info.epochs_planned is None and info.steps > 1
     assert info.seconds >= 0.8 * info.seconds_planned and time.time() - start <= 5.5
     assert not math.isnan(info.epochs)
+
+
+def test_refit_with_ema_returns_the_averaged_weights(digits, tmp_path):
+    """A refit of an EMA recipe hands back (for model.onnx) the average, not the last step."""
+    config = CONFIG.model_copy(update={"params": _params(), "recipe": CONFIG.recipe.model_copy(
+        update={"ema": True, "optimizer": "sam", "schedule": "cosine", "tta": True})})
+    checkpoint = tmp_path / "refit.pt"
+    record = TrialRecord(1, "t1", config, {})  # sized by time: 3 s, saved every second
+    model, info = refit(digits, record, stop_at=time.time() + 3.0, device="cpu", threads=2,
+                        seed=0, log=logging.getLogger("test"), checkpoint=checkpoint)
+    assert info.steps > 1 and model.tta and not model.training
+    state = load_state(checkpoint)  # saved mid-refit: raw weights and their EMA apart
+    assert any(not torch.equal(state["model"][k], state["ema"][k]) for k in state["model"])
+
+
+def test_skipped_refit_keeps_the_winners_ema_weights(digits, tmp_path):
+    config = CONFIG.model_copy(update={"params": _params(), "recipe": CONFIG.recipe.model_copy(
+        update={"ema": True})})
+    trial_dir = tmp_path / "trial"
+    trial_dir.mkdir()
+    raw = make_model(config, digits.shape, *digits.mean_std).state_dict()
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in raw.items()}
+    save_state({"model": raw, "ema": ema}, trial_dir / CHECKPOINT_FILE)
+    record = TrialRecord(1, "t1", config, {"images_per_s": 1.0, "epoch": 50.0},
+                         checkpoint=str(trial_dir))
+    model, info = refit(digits, record, stop_at=time.time() + 2.0, device="cpu", threads=2,
+                        seed=0, **_where(tmp_path))
+    assert info.steps == 0 and info.state == "kept the winning trial's weights"
+    assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())

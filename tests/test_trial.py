@@ -1,26 +1,20 @@
 import math
 import time
 
-import numpy as np
 import pytest
 import torch
-from torch import nn
+from conftest import NaNNet, two_class
 
 from autofit import models
 from autofit.models import Classifier, DataShape
+from autofit.optim import WARMUP, lr_factor
 from autofit.pipeline import BatchLoader
 from autofit.space import Recipe
-from autofit.trial import WARMUP, lr_factor, train
+from autofit.trial import train
 
 RECIPE = Recipe(batch_size=32, lr=0.1, weight_decay=5e-4)
 
 
-def _data(n=256, size=8):
-    rng = np.random.default_rng(0)
-    y = np.arange(n) % 2
-    x = rng.integers(0, 60, (n, size, size, 1), dtype=np.uint8)
-    x[y == 1, : size // 2] += 150  # class 1: bright top half
-    return x, y
 
 
 def _model(size=8):
@@ -28,15 +22,26 @@ def _model(size=8):
     return Classifier(models.build_for("resnet", {"depth": 8, "width": 8}, shape), [0.3], [0.3])
 
 
-def test_lr_schedule_warms_up_then_anneals_to_zero():
-    assert lr_factor(0.0) == 0.0 and lr_factor(WARMUP) == pytest.approx(1.0)
-    assert lr_factor(1.0) == 0.0 and lr_factor(1.5) == 0.0
-    values = [lr_factor(p / 100) for p in range(int(WARMUP * 100), 101)]
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_lr_schedule_warms_up_then_anneals_to_zero(schedule):
+    assert lr_factor(0.0, schedule) == 0.0
+    assert lr_factor(WARMUP / 2, schedule) == pytest.approx(0.5)
+    assert lr_factor(WARMUP, schedule) == pytest.approx(1.0)
+    assert lr_factor(1.0, schedule) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(1.5, schedule) == pytest.approx(0.0, abs=1e-12)
+    values = [lr_factor(p / 100, schedule) for p in range(int(WARMUP * 100), 101)]
     assert values == sorted(values, reverse=True)
+    assert lr_factor(0.99, schedule) < 0.02  # annealed to ~0 by the end of the allotment
+
+
+def test_cosine_holds_the_peak_longer_than_onecycle():
+    assert lr_factor(0.3, "cosine") > lr_factor(0.3, "onecycle")
+    assert lr_factor(0.55, "cosine") == pytest.approx(lr_factor(0.55, "onecycle"))  # midpoint
+    assert lr_factor(0.8, "cosine") < lr_factor(0.8, "onecycle")
 
 
 def test_schedule_in_steps_completes_and_learns():
-    x, y = _data()
+    x, y = two_class()
     torch.manual_seed(0)
     model = _model()
     reports = []
@@ -49,7 +54,7 @@ def test_schedule_in_steps_completes_and_learns():
 
 
 def test_hard_stop_is_kept():
-    x, y = _data(2048, size=32)
+    x, y = two_class(2048, size=32)
     model = _model(size=32)
     start = time.time()
     final = train(model, BatchLoader(x, y, 64, train=True), RECIPE, stop_at=start + 1.5,
@@ -59,7 +64,7 @@ def test_hard_stop_is_kept():
 
 
 def test_time_schedule_ends_on_time():
-    x, y = _data()
+    x, y = two_class()
     start = time.time()
     final = train(_model(), BatchLoader(x, y, 32, train=True), RECIPE, stop_at=start + 60,
                   total_seconds=1.0)
@@ -67,19 +72,10 @@ def test_time_schedule_ends_on_time():
     assert math.isnan(final.val_accuracy)
 
 
-class _NaNNet(nn.Module):
-    """Fault injection: a network whose output turns NaN."""
-
-    def __init__(self):
-        super().__init__()
-        self.w = nn.Parameter(torch.ones(1))
-
-    def forward(self, x):
-        return (x.flatten(1)[:, :2] * self.w) * float("nan")
 
 
 def test_nan_loss_stops_as_diverged():
-    x, y = _data()
-    final = train(_NaNNet(), BatchLoader(x, y, 32, train=True), RECIPE, stop_at=time.time() + 60,
+    x, y = two_class()
+    final = train(NaNNet(), BatchLoader(x, y, 32, train=True), RECIPE, stop_at=time.time() + 60,
                   total_steps=100)
     assert final.state == "diverged" and final.steps == 1

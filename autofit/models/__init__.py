@@ -1,6 +1,9 @@
 """Model families, by name, and the two things the search needs of them: build and count.
 
-Each family is a small module with a `build(**knobs, in_channels, num_classes, input_size)`.
+Each family is a small module with a
+`build(**knobs, in_channels, num_classes, input_size, dropout=0.0)`; its knobs are integers
+(what a search space samples), and `dropout` (before the linear head, no parameters) is a
+training setting, not a knob, so it never changes a count or a state_dict's keys.
 Parameter counts are exact: the model is instantiated on the meta device (no memory, no
 init cost), so a model's size is known before it ever trains.
 """
@@ -15,22 +18,26 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from autofit.models import resnet
+from autofit.models import fastnet, pyramidnet, resnet, wrn
 
-FAMILIES: Mapping[str, Callable[..., nn.Module]] = MappingProxyType({"resnet": resnet.build})
-_DATA_ARGS = {"in_channels", "num_classes", "input_size"}
+FAMILIES: Mapping[str, Callable[..., nn.Module]] = MappingProxyType({
+    "resnet": resnet.build,
+    "wrn": wrn.build,
+    "pyramidnet": pyramidnet.build,
+    "fastnet": fastnet.build,
+})
+_NOT_KNOBS = frozenset({"in_channels", "num_classes", "input_size", "dropout"})
 
 
 def knobs(family: str) -> set[str]:
     """Architecture knobs a family's builder takes (what a search space may set)."""
-    return set(inspect.signature(FAMILIES[family]).parameters) - _DATA_ARGS
+    return set(inspect.signature(FAMILIES[family]).parameters) - _NOT_KNOBS
 
 
 def build(family: str, arch: Mapping[str, int], in_channels: int, num_classes: int,
-          input_size: int) -> nn.Module:
-    return FAMILIES[family](
-        **arch, in_channels=in_channels, num_classes=num_classes, input_size=input_size
-    )
+          input_size: int, dropout: float = 0.0) -> nn.Module:
+    return FAMILIES[family](**arch, in_channels=in_channels, num_classes=num_classes,
+                            input_size=input_size, dropout=dropout)
 
 
 def count_params(family: str, arch: Mapping[str, int], in_channels: int, num_classes: int,
@@ -44,17 +51,26 @@ def count_params(family: str, arch: Mapping[str, int], in_channels: int, num_cla
 class Classifier(nn.Module):
     """A family's network behind per-channel normalisation, so callers feed pixels in [0, 1].
 
-    The same module trains and is exported: normalisation travels inside the ONNX graph.
+    The same module trains and is exported: normalisation travels inside the ONNX graph, and
+    so does test-time augmentation: with `tta`, eval mode returns the mean of the logits of
+    each image and of its horizontal mirror (two passes of the network), so validation, the
+    ONNX files and their test accuracy all see it. `tta` is a plain attribute, not a buffer:
+    state_dict keys are the same with and without it.
     """
 
-    def __init__(self, net: nn.Module, mean: list[float], std: list[float]) -> None:
+    def __init__(self, net: nn.Module, mean: list[float], std: list[float],
+                 tta: bool = False) -> None:
         super().__init__()
         self.net = net
+        self.tta = tta
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net((x - self.mean) / self.std)
+        x = (x - self.mean) / self.std
+        if self.tta and not self.training:
+            return (self.net(x) + self.net(x.flip(3))) / 2
+        return self.net(x)
 
 
 class DataShape(NamedTuple):
@@ -70,8 +86,9 @@ class DataShape(NamedTuple):
         return max(self.height, self.width)
 
 
-def build_for(family: str, arch: Mapping[str, int], shape: DataShape) -> nn.Module:
-    return build(family, arch, shape.channels, shape.num_classes, shape.size)
+def build_for(family: str, arch: Mapping[str, int], shape: DataShape,
+              dropout: float = 0.0) -> nn.Module:
+    return build(family, arch, shape.channels, shape.num_classes, shape.size, dropout=dropout)
 
 
 def count_for(family: str, arch: Mapping[str, int], shape: DataShape) -> int:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from autofit.models.parts import init_convs
+
 
 class BasicBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int) -> None:
@@ -31,9 +33,8 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(
-        self, depth: int, width: int, in_channels: int, num_classes: int, input_size: int
-    ) -> None:
+    def __init__(self, depth: int, width: int, in_channels: int, num_classes: int,
+                 input_size: int, dropout: float = 0.0) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"ResNet depth must be 6n+2 with n >= 1, not {depth}")
@@ -53,15 +54,15 @@ class ResNet(nn.Module):
                 c_in = c_out
         self.stages = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
+        self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(c_in, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_convs(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.stages(self.stem(x))
-        return self.head(self.pool(x).flatten(1))
+        return self.head(self.drop(self.pool(x).flatten(1)))
 
 
-def build(depth: int, width: int, in_channels: int, num_classes: int, input_size: int) -> nn.Module:
-    return ResNet(depth, width, in_channels, num_classes, input_size)
+def build(depth: int, width: int, in_channels: int, num_classes: int, input_size: int,
+          dropout: float = 0.0) -> nn.Module:
+    return ResNet(depth, width, in_channels, num_classes, input_size, dropout)
