@@ -146,6 +146,51 @@ def inspect_command(
         typer.echo(f"{key:<18} {shown}")
 
 
+@app.command("report")
+def report_command(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory (finished, failed or "
+                                                 "interrupted)")],
+) -> None:
+    """Render RUN_DIR/report.html (and RUN_DIR/plots/*.png) again from the run's files."""
+    from autofit import rundir
+    from autofit.page import render
+
+    if not rundir.is_run(run_dir):
+        typer.echo(f"autofit: error: {run_dir} is not an autofit run directory (no "
+                   "journal.json or summary.json)", err=True)
+        raise typer.Exit(2)
+    try:
+        path = render(run_dir)
+    except OSError as err:
+        typer.echo(f"autofit: error: cannot write the report in {run_dir}: "
+                   f"{err.strerror or err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(str(path))
+
+
+@app.command("runs")
+def runs_command(
+    where: Annotated[Path, typer.Argument(help="a folder of run directories")] = Path("runs"),
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON document on stdout")]
+    = False,
+) -> None:
+    """List the runs in a folder, oldest first: status, data, budget, time, accuracy."""
+    import json
+
+    from autofit.runs import rows, table
+
+    if not where.is_dir():
+        typer.echo(f"autofit: error: {where} is not a folder", err=True)
+        raise typer.Exit(2)
+    found = rows(where)
+    if as_json:
+        typer.echo(json.dumps(found, indent=2))
+    elif not found:
+        typer.echo(f"no autofit runs in {where}")
+    else:
+        typer.echo(table(found))
+
+
 @app.command("budgets")
 def budgets_command() -> None:
     """List the budget presets in budgets/ (use one with `autofit run --budget NAME`)."""

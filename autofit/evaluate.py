@@ -1,8 +1,10 @@
-"""Score the deployed artifact: test accuracy of the ONNX file through onnxruntime."""
+"""Score the deployed artifact: the ONNX file's test predictions through onnxruntime."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -11,10 +13,27 @@ from autofit.export import ort_session, to_input
 BATCH = 512
 
 
-def onnx_accuracy(path: Path, images: np.ndarray, labels: np.ndarray, threads: int) -> float:
+@dataclass(frozen=True)
+class Score:
+    """Test accuracy and the confusion matrix behind it (rows: true class, columns: predicted)."""
+
+    accuracy: float
+    confusion: np.ndarray
+
+    def as_dict(self, classes: list[str]) -> dict[str, Any]:
+        totals = self.confusion.sum(1)
+        per_class = {name: round(float(self.confusion[i, i] / totals[i]), 4) if totals[i] else None
+                     for i, name in enumerate(classes)}
+        return {"accuracy": self.accuracy, "images": int(totals.sum()),
+                "confusion": self.confusion.tolist(), "per_class_accuracy": per_class}
+
+
+def score_onnx(path: Path, images: np.ndarray, labels: np.ndarray, threads: int,
+               num_classes: int) -> Score:
     session = ort_session(path, threads)
-    correct = 0
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     for start in range(0, len(images), BATCH):
         logits = session.run(["logits"], {"input": to_input(images[start:start + BATCH])})[0]
-        correct += int((logits.argmax(1) == labels[start:start + BATCH]).sum())
-    return correct / max(len(labels), 1)
+        np.add.at(confusion, (labels[start:start + BATCH], logits.argmax(1)), 1)
+    accuracy = float(np.trace(confusion) / max(confusion.sum(), 1))
+    return Score(accuracy, confusion)

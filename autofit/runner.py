@@ -19,13 +19,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from autofit import __version__, faults, pipeline
+from autofit import __version__, events, faults, live, pipeline
 from autofit import best as best_module
 from autofit.best import BestSoFar
 from autofit.budget import EVAL_RATE_GUESS, Budget, Clock, Plan, final_reserve
 from autofit.dataset import Dataset, load
-from autofit.errors import AutofitError, Interrupted, UnreadableData, UsageError
-from autofit.evaluate import onnx_accuracy
+from autofit.errors import AutofitError, Interrupted, UnreadableData, UsageError, one_line
+from autofit.evaluate import score_onnx
+from autofit.events import emit
 from autofit.export import export_onnx
 from autofit.journal import Journal, RunArgs
 from autofit.presets import preset
@@ -62,12 +63,12 @@ class RunResult:
 class _Elapsed(logging.Formatter):
     """Prefix each line with the budget seconds used (earlier lives of a resumed run included)."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, budget_time: events.BudgetTime) -> None:
         super().__init__()
-        self.offset = clock.spent_before - clock.started_at
+        self.budget_time = budget_time
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"[{record.created + self.offset:7.1f}s] {record.getMessage()}"
+        return f"[{self.budget_time.of(record):7.1f}s] {record.getMessage()}"
 
 
 def prepare_out(out: str | Path | None) -> Path:
@@ -89,21 +90,37 @@ def prepare_out(out: str | Path | None) -> Path:
     return path
 
 
-def _logger(out_dir: Path, clock: Clock, quiet: bool) -> logging.Logger:
-    """The run's logger, named after its directory so Tune's restored callbacks find it."""
+def _logger(out_dir: Path, clock: Clock, budget_s: float, quiet: bool) -> logging.Logger:
+    """The run's logger, named after its directory so Tune's restored callbacks find it.
+
+    Its handlers are the views of the run's events: run.log, events.jsonl, and on the console
+    the live view at a terminal, plain lines otherwise (CI logs), nothing with `quiet`.
+    """
     log = logging.getLogger(f"autofit.run:{out_dir.resolve()}")
     log.setLevel(logging.INFO)
     log.propagate = False
-    formatter = _Elapsed(clock)
-    handlers: list[logging.Handler] = [logging.FileHandler(out_dir / "run.log")]
-    if not quiet:
+    budget_time = events.BudgetTime(clock.spent_before, clock.started_at)
+    log.addFilter(budget_time)
+    text = _Elapsed(budget_time)
+    run_log = logging.FileHandler(out_dir / "run.log")
+    handlers: list[logging.Handler] = [run_log, events.EventFile(out_dir / events.FILE)]
+    if live.wanted(quiet, sys.stdout):
+        handlers.append(live.LiveView(budget_s, clock.elapsed))
+    elif not quiet:
         console = logging.StreamHandler(sys.stdout)  # errors reach stderr from the CLI, once
         console.addFilter(lambda record: record.levelno < logging.ERROR)
         handlers.append(console)
     for handler in handlers:
-        handler.setFormatter(formatter)
+        handler.setFormatter(text)
+        if not isinstance(handler, events.EventFile | live.LiveView):
+            handler.addFilter(events.shown)
         log.addHandler(handler)
     return log
+
+
+def _phase(clock: Clock, log: logging.Logger, name: str) -> None:
+    clock.start_phase(name)
+    emit(log, "phase", "phase: %s", name, show=False, phase=name)
 
 
 def _device(log: logging.Logger) -> tuple[str, pipeline.DataPath]:
@@ -115,7 +132,9 @@ def _device(log: logging.Logger) -> tuple[str, pipeline.DataPath]:
     where = f"cuda ({torch.cuda.get_device_name(0)})" if device == "cuda" else \
         "cpu (no GPU found)"
     level = logging.WARNING if path.name == pipeline.TORCH else logging.INFO
-    log.log(level, "device: %s; data path %s: %s", where, path.name, path.reason)
+    emit(log, "device", "device: %s; data path %s: %s", where, path.name, path.reason,
+         level=level, device=device, data_path=path.name, reason=path.reason,
+         summary=f"device {where} · data path {path.name}")
     return device, path
 
 
@@ -164,7 +183,7 @@ def _execute(journal: Journal, started_at: float | None, quiet: bool) -> RunResu
     args = journal.args
     clock = Clock(args.budget.seconds, started_at, spent=journal.spent)
     out_dir = journal.run_dir
-    log = _logger(out_dir, clock, quiet)
+    log = _logger(out_dir, clock, args.budget.seconds, quiet)
     try:
         with journal.heartbeat(clock):
             return _run(args, clock, journal, log)
@@ -181,9 +200,17 @@ def _execute(journal: Journal, started_at: float | None, quiet: bool) -> RunResu
         log.warning("%s", message)
         raise Interrupted(message) from None
     finally:
-        for handler in list(log.handlers):
-            handler.close()
-            log.removeHandler(handler)
+        close_logger(log)
+
+
+def close_logger(log: logging.Logger) -> None:
+    """Detach every view (the live view stops drawing), so a resume in this process starts
+    afresh with its own budget time."""
+    for handler in list(log.handlers):
+        handler.close()
+        log.removeHandler(handler)
+    for stamp in list(log.filters):
+        log.removeFilter(stamp)
 
 
 def _write_failure(out_dir: Path, clock: Clock, phase: str, err: AutofitError,
@@ -211,12 +238,15 @@ def _run(args: RunArgs, clock: Clock, journal: Journal, log: logging.Logger) -> 
     threads = os.cpu_count() or 1
     budget, seed, out_dir = args.budget, args.seed, journal.run_dir
     resumed = bool(clock.spent_before)
+    start = {"t": clock.spent_before, "version": __version__, "run_dir": str(out_dir),
+             "budget_s": budget.seconds, "max_params": budget.max_params, "resumed": resumed}
     if resumed:
-        log.info("autofit %s: resuming %s with %.1fs of %.0fs left (phase %s when it stopped)",
-                 __version__, out_dir, clock.left(), budget.seconds, journal.get("phase"))
+        emit(log, "start", "autofit %s: resuming %s with %.1fs of %.0fs left (phase %s when it "
+             "stopped)", __version__, out_dir, clock.left(), budget.seconds,
+             journal.get("phase"), **start)
     else:
-        log.info("autofit %s: budget %.4g min, %s params max, seed %d, run dir %s",
-                 __version__, budget.minutes, f"{budget.max_params:,}", seed, out_dir)
+        emit(log, "start", "autofit %s: budget %.4g min, %s params max, seed %d, run dir %s",
+             __version__, budget.minutes, f"{budget.max_params:,}", seed, out_dir, **start)
     space = SearchSpace.load(Path(args.space))
     device, data_path = _device(log)
     dataset = load(args.data, seed, threads,
@@ -248,7 +278,7 @@ def _run(args: RunArgs, clock: Clock, journal: Journal, log: logging.Logger) -> 
                             log)
     best = outcome.best
 
-    clock.start_phase("refit")
+    _phase(clock, log, "refit")
     model_pt = out_dir / "model.pt"
     if journal.get("refit") is not None and model_pt.is_file():
         model = make_model(best.config, dataset.shape, *dataset.mean_std)
@@ -267,7 +297,7 @@ def _run(args: RunArgs, clock: Clock, journal: Journal, log: logging.Logger) -> 
         journal.set(refit=asdict(refit_info))
         checkpoint.unlink(missing_ok=True)
 
-    clock.start_phase("export")
+    _phase(clock, log, "export")
     model_path = out_dir / "model.onnx"
     try:
         faults.check_export()
@@ -280,20 +310,42 @@ def _run(args: RunArgs, clock: Clock, journal: Journal, log: logging.Logger) -> 
     log.info("export: %s (%s exporter, opset %d), onnxruntime matches PyTorch to %.1e",
              model_path, exported.exporter, exported.opset, exported.parity_max_abs_diff)
 
-    clock.start_phase("evaluate")
-    test_accuracy = onnx_accuracy(model_path, dataset.x_test, dataset.y_test, threads)
-    log.info("test accuracy (ONNX, onnxruntime): %.4f on %d images", test_accuracy,
-             len(dataset.y_test))
+    _phase(clock, log, "evaluate")
+    test = score_onnx(model_path, dataset.x_test, dataset.y_test, threads,
+                      len(dataset.classes))
+    test_accuracy = test.accuracy
+    emit(log, "test", "test accuracy (ONNX, onnxruntime): %.4f on %d images", test_accuracy,
+         len(dataset.y_test), accuracy=test_accuracy, images=len(dataset.y_test))
 
-    clock.start_phase("report")
+    _phase(clock, log, "report")
     summary = _summary(budget, clock, plan, dataset, outcome, refit_info, exported,
                        test_accuracy, device, seed, space, journal)
+    summary["test"] = test.as_dict(dataset.classes)
     write_json(out_dir / "summary.json", summary)
     journal.set(status="finished")
-    log.info("done in %.1fs of %.1fs: %s", summary["elapsed_s"], budget.seconds, out_dir)
+    _render_report(out_dir, log)
+    summary.update(_times(clock, journal))  # the report's own seconds included
+    with suppress(OSError):  # the first write stands if this one fails
+        write_json(out_dir / "summary.json", summary)
+    emit(log, "done", "done in %.1fs of %.1fs: %s", summary["elapsed_s"], budget.seconds,
+         out_dir, elapsed_s=summary["elapsed_s"], test_accuracy=test_accuracy)
     return RunResult(run_dir=out_dir, model_path=model_path, test_accuracy=test_accuracy,
                      val_accuracy=best.score, params=best.config.params,
                      best_config=best.config.model_dump(), summary=summary)
+
+
+def _render_report(out_dir: Path, log: logging.Logger) -> None:
+    """report.html and its plots; the run's results stand without them, so a failure here is
+    a warning with the command that renders them again."""
+    from autofit.page import render
+
+    try:
+        path = render(out_dir)
+    except Exception as err:  # noqa: BLE001 - any plotting failure, the model is already safe
+        log.warning("report.html not written (%s); render it with: autofit report %s",
+                    one_line(err), out_dir)
+    else:
+        log.info("report: %s", path)
 
 
 def _plan(journal: Journal, budget: Budget, clock: Clock, n_test: int) -> Plan:
@@ -325,13 +377,15 @@ def _search(journal: Journal, dataset: Dataset, space: SearchSpace, budget: Budg
                                 done["overrun_s"])
         log.info("search: done before the interruption (%d trials)", len(outcome.records))
         return outcome, Plan.model_validate(journal.get("plan"))
-    with ray_session(args.ray_address, threads, device) as workers:
+    with ray_session(args.ray_address, threads, device, log) as workers:
         plan = _plan(journal, budget, clock, len(dataset.y_test))
-        log.info("plan: setup %.1fs, search %.1fs (trials of %.1fs, ASHA milestones %s), "
-                 "refit ~%.1fs, final reserve %.1fs; %s", plan.setup_s, plan.search_s,
-                 plan.trial_s, list(plan.milestones), plan.refit_s, plan.final_reserve_s,
-                 workers.where)
-        clock.start_phase("search")
+        emit(log, "plan", "plan: setup %.1fs, search %.1fs (trials of %.1fs, ASHA milestones "
+             "%s), refit ~%.1fs, final reserve %.1fs; %s", plan.setup_s, plan.search_s,
+             plan.trial_s, list(plan.milestones), plan.refit_s, plan.final_reserve_s,
+             workers.where, plan=plan.model_dump(), workers=workers.where,
+             summary=f"plan: search {plan.search_s:.0f}s in trials of {plan.trial_s:.1f}s, "
+                     f"refit ~{plan.refit_s:.0f}s · {workers.where}")
+        _phase(clock, log, "search")
         best = BestSoFar(out_dir, dataset.shape, *dataset.mean_std,
                          images=dataset.x_val[:best_module.PARITY_IMAGES], metadata=metadata,
                          threads=threads)
@@ -346,6 +400,14 @@ def _search(journal: Journal, dataset: Dataset, space: SearchSpace, budget: Budg
              "%s", len(outcome.records), outcome.overrun_s, best_record.number,
              best_record.score, best_record.config.describe())
     return outcome, plan
+
+
+def _times(clock: Clock, journal: Journal) -> dict[str, Any]:
+    """Budget seconds used (in all and per phase) and wall seconds since the first life began."""
+    lives = journal.get("lives", [])
+    return {"elapsed_s": round(clock.elapsed(), 3),
+            "wall_s": round(time.time() - lives[0]["started_at"], 3) if lives else None,
+            "phases": clock.phases()}
 
 
 def _summary(budget: Budget, clock: Clock, plan: Plan, dataset: Dataset, outcome: SearchOutcome,
@@ -369,11 +431,9 @@ def _summary(budget: Budget, clock: Clock, plan: Plan, dataset: Dataset, outcome
         "budget": {"minutes": budget.minutes, "max_params": budget.max_params,
                    "search_share": budget.search_share},
         "budget_s": budget.seconds,
-        "elapsed_s": round(clock.elapsed(), 3),
-        "wall_s": round(time.time() - lives[0]["started_at"], 3) if lives else None,
+        **_times(clock, journal),
         "resumes": len(lives) - 1,
         "lives": lives,
-        "phases": clock.phases(),
         "plan": plan.model_dump(),
         "search_overrun_s": outcome.overrun_s,
         "trials": len(outcome.records),

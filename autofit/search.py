@@ -32,6 +32,7 @@ from autofit.best import BestSoFar
 from autofit.budget import Plan
 from autofit.dataset import Dataset
 from autofit.errors import AutofitError
+from autofit.events import emit
 from autofit.journal import Journal
 from autofit.models import DataShape
 from autofit.space import SearchSpace, TrialConfig
@@ -140,39 +141,58 @@ class SpaceSearcher(Searcher):
         self.stop_at = self._stop_at()
 
 
-class ProgressLog(tune.Callback):
-    """One log line per trial event, so a long search shows what it is doing, and the best
-    finished trial exported as it appears. The logger is found by name after a resume."""
+def status_of(metrics: dict[str, Any], trial_s: float) -> str:
+    """A trial's leaderboard status from its last report."""
+    state = str(metrics.get("state"))
+    if state == "running" and float(metrics.get("train_seconds", 0.0)) >= trial_s:
+        state = "completed"  # ASHA ends a trial at max_t before its own last report
+    return STATUS.get(state, "no result")
 
-    def __init__(self, log: logging.Logger, best: BestSoFar) -> None:
-        self.log, self.best = log, best
+
+class ProgressLog(tune.Callback):
+    """Every trial event as a run event (text views get at most one report line per trial
+    every few seconds), and the best finished trial exported as it appears. The logger is
+    found by name after a resume."""
+
+    def __init__(self, log: logging.Logger, best: BestSoFar, trial_s: float) -> None:
+        self.log, self.best, self.trial_s = log, best, trial_s
         self.logged_at: dict[str, float] = {}
 
     def on_trial_start(self, iteration, trials, trial, **info):  # type: ignore[no-untyped-def]
         number, config = parse_config(trial.config)
-        self.log.info("trial %d start: %s", number, config.describe())
+        emit(self.log, "trial_start", "trial %d start: %s", number, config.describe(),
+             trial=number, family=config.family, arch=config.arch, params=config.params,
+             recipe=config.recipe.model_dump())
 
     def on_trial_result(self, iteration, trials, trial, result, **info):  # type: ignore[no-untyped-def]
         now = time.time()
         quiet_since = now - self.logged_at.get(trial.trial_id, 0.0)
-        if result["state"] == "running" and quiet_since < LOG_EVERY_S:
-            return
-        self.logged_at[trial.trial_id] = now
-        self.log.info("trial %d: epoch %.2f  %.1fs trained  val_acc %.4f  %.0f img/s%s",
-                      parse_config(trial.config)[0], result["epoch"], result["train_seconds"],
-                      result[METRIC], result["images_per_s"],
-                      f"  batch {result['batch_size']} after out-of-memory"
-                      if result.get("oom_retries") else "")
+        show = result["state"] != "running" or quiet_since >= LOG_EVERY_S
+        if show:
+            self.logged_at[trial.trial_id] = now
+        emit(self.log, "trial_result",
+             "trial %d: epoch %.2f  %.1fs trained  val_acc %.4f  %.0f img/s%s",
+             parse_config(trial.config)[0], result["epoch"], result["train_seconds"],
+             result[METRIC], result["images_per_s"],
+             f"  batch {result['batch_size']} after out-of-memory"
+             if result.get("oom_retries") else "", show=show,
+             trial=parse_config(trial.config)[0],
+             **{k: result[k] for k in _METRIC_KEYS if k in result})
 
     def on_trial_error(self, iteration, trials, trial, **info):  # type: ignore[no-untyped-def]
-        self.log.warning("trial %d failed: %s", parse_config(trial.config)[0],
-                         _last_line(_error_text(trial)))
+        number, error = parse_config(trial.config)[0], _last_line(_error_text(trial))
+        emit(self.log, "trial_end", "trial %d failed: %s", number, error,
+             level=logging.WARNING, trial=number, status="error", error=error)
 
     def on_trial_complete(self, iteration, trials, trial, **info):  # type: ignore[no-untyped-def]
         result, checkpoint = trial.last_result or {}, trial.checkpoint
+        number, config = parse_config(trial.config)
+        status = status_of(result, self.trial_s)
+        emit(self.log, "trial_end", "trial %d %s", number, status, show=False, trial=number,
+             status=status, val_accuracy=result.get(METRIC),
+             train_seconds=result.get("train_seconds"))
         if checkpoint is None or result.get("state") == "diverged":
             return
-        number, config = parse_config(trial.config)
         with checkpoint.as_directory() as directory:
             self.best.offer(number, config, float(result.get(METRIC, math.nan)), directory,
                             self.log)
@@ -212,10 +232,7 @@ def _record(result: Any, trial_s: float,
     if result.error is not None:
         record.error, record.status = _last_line(str(result.error)), "error"
     elif metrics:
-        state = str(metrics.get("state"))
-        if state == "running" and metrics["train_seconds"] >= trial_s:
-            state = "completed"  # ASHA ends a trial at max_t before its own last report
-        record.status = STATUS.get(state, "no result")
+        record.status = status_of(metrics, trial_s)
     return record
 
 
@@ -272,7 +289,7 @@ def run_search(dataset: Dataset, space: SearchSpace, max_params: int, plan: Plan
             ),
             run_config=tune.RunConfig(
                 name=EXPERIMENT, storage_path=str(experiment.parent), verbose=0,
-                callbacks=[ProgressLog(log, best)],
+                callbacks=[ProgressLog(log, best, plan.trial_s)],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
         )
@@ -290,13 +307,42 @@ def run_search(dataset: Dataset, space: SearchSpace, max_params: int, plan: Plan
     return outcome
 
 
+class _Fold(logging.Handler):
+    """Ray's own log records, as lines of the run's log (and so of its console view)."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        super().__init__()
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.log.log(max(record.levelno, logging.WARNING), "ray: %s", record.getMessage())
+
+
 @contextmanager
-def ray_session(address: str | None, threads: int, device: str) -> Iterator[Workers]:
+def _ray_logs_into(log: logging.Logger) -> Iterator[None]:
+    ray_log = logging.getLogger("ray")
+    own = list(ray_log.handlers)
+    ray_log.handlers = [_Fold(log)]
+    try:
+        yield
+    finally:
+        ray_log.handlers = own
+
+
+@contextmanager
+def ray_session(address: str | None, threads: int, device: str,
+                log: logging.Logger) -> Iterator[Workers]:
     """Connect to `address` (an existing cluster) or start a local Ray; yield its workers.
 
     Only a Ray this call started is shut down. Tune's per-trial loggers are off (the
-    leaderboard and summary are autofit's record of the search).
+    leaderboard and summary are autofit's record of the search), and what Ray logs goes into
+    the run's log instead of beside it.
     """
+    with _ray_logs_into(log):
+        yield from _ray_session(address, threads, device)
+
+
+def _ray_session(address: str | None, threads: int, device: str) -> Iterator[Workers]:
     import ray
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
