@@ -82,7 +82,7 @@ def timeline(run: Run) -> Figure | None:
             ax.text((start + end) / 2, rows - 0.5, f"{name}\n{end - start:.1f}s", ha="center",
                     va="center", fontsize=7, color="white")
     for row, (start, end, status) in enumerate(v for _, v in sorted(trials.items())):
-        y = rows - 2 - row
+        y = rows - 1.5 - row  # row 0 is the phases
         ax.broken_barh([(start, max(end - start, 0.05))], (y - 0.35, 0.7),
                        color=STATUS_COLOURS.get(status, "#7f7f7f"))
     labels = ["phases", *[f"trial {n}" for n in sorted(trials)]]
