@@ -49,6 +49,9 @@ class Budget(BaseModel):
     minutes: float = Field(default=10.0, description="wall-clock budget of the whole run")
     max_params: int = Field(default=2_000_000, description="parameter cap of every trained model")
     search_share: float = Field(default=0.6, gt=0.05, lt=0.95)
+    min_epochs: float = Field(
+        default=10.0, ge=0.0,
+        description="epochs the refit must afford a model for the search to try it (0: off)")
 
     @field_validator("minutes", mode="before")
     @classmethod
@@ -149,6 +152,7 @@ REPORT_RESERVE_S = 3.0  # report.html and its plots (about 1.5 s measured on 2 b
 EXIT_RESERVE_S = 2.0  # writing the summary, Ray shutdown, interpreter exit
 EVAL_RATE_GUESS = 500.0  # images/s for the test pass before a trial has measured one
 MIN_TRIAL_S = 2.0
+TRAIN_PASSES = 3  # a training step costs about three forward passes (forward, two backward)
 
 
 class Plan(BaseModel):
@@ -168,10 +172,14 @@ class Plan(BaseModel):
     refit_s: float
     final_reserve_s: float
     search_deadline: float
+    mac_rate: float | None = None  # training MACs/s this machine measured (autofit/probe.py)
+    max_macs: int | None = None  # forward MACs per image the refit affords min_epochs of
 
     @classmethod
-    def make(cls, budget: Budget, clock: Clock, n_test: int,
-             reduction_factor: int = 3, rungs: int = 3) -> Plan:
+    def make(cls, budget: Budget, clock: Clock, n_test: int, n_train: int = 0,
+             mac_rate: float | None = None, reduction_factor: int = 3, rungs: int = 3) -> Plan:
+        """The split, and with a measured `mac_rate` the compute cap: a model whose refit on
+        `n_train` images could not see `budget.min_epochs` epochs in `refit_s` is not tried."""
         left = clock.left()
         reserve = final_reserve(n_test, EVAL_RATE_GUESS)
         trainable = left - reserve
@@ -184,9 +192,14 @@ class Plan(BaseModel):
         trial_s = max(MIN_TRIAL_S, search_s / rungs)
         grace = trial_s / reduction_factor ** (rungs - 1)
         milestones = tuple(round(grace * reduction_factor**k, 3) for k in range(rungs - 1))
-        return cls(budget_s=budget.seconds, setup_s=round(clock.elapsed(), 3),
+        refit_s = trainable - search_s
+        max_macs = None
+        if mac_rate and n_train and budget.min_epochs > 0:
+            max_macs = int(refit_s * mac_rate / (TRAIN_PASSES * budget.min_epochs * n_train))
+        return cls(mac_rate=None if mac_rate is None else round(mac_rate), max_macs=max_macs,
+                   budget_s=budget.seconds, setup_s=round(clock.elapsed(), 3),
                    search_s=round(search_s, 3), trial_s=round(trial_s, 3),
-                   milestones=milestones, refit_s=round(trainable - search_s, 3),
+                   milestones=milestones, refit_s=round(refit_s, 3),
                    final_reserve_s=round(reserve, 3),
                    search_deadline=time.time() + search_s)
 

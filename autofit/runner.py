@@ -19,16 +19,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from autofit import __version__, events, faults, live, pipeline
+from autofit import __version__, events, faults, live, pipeline, probe
 from autofit import best as best_module
 from autofit.best import BestSoFar
 from autofit.budget import EVAL_RATE_GUESS, Budget, Clock, Plan, final_reserve
 from autofit.dataset import Dataset, load
 from autofit.errors import AutofitError, Interrupted, UnreadableData, UsageError, one_line
-from autofit.evaluate import score_onnx
+from autofit.evaluate import onnx_rate, score_onnx
 from autofit.events import emit
 from autofit.export import export_onnx
 from autofit.journal import Journal, RunArgs
+from autofit.packing import Probe
 from autofit.presets import preset
 from autofit.refit import RefitInfo, refit
 from autofit.report import save_weights, write_json, write_leaderboard
@@ -287,8 +288,10 @@ def _run(args: RunArgs, clock: Clock, journal: Journal, log: logging.Logger) -> 
         refit_info = RefitInfo(**journal.get("refit"))
         log.info("refit: done before the interruption; weights from %s", model_pt)
     else:
-        eval_rate = float(best.metrics.get("eval_images_per_s") or 0.0) or EVAL_RATE_GUESS
+        eval_rate = _eval_rate(out_dir, best, dataset, threads)
         reserve = final_reserve(len(dataset.y_test), eval_rate)
+        log.info("refit: %.1fs kept for export, the test pass (%.0f images/s) and the report",
+                 reserve, eval_rate)
         checkpoint = out_dir / "refit.pt"
         model, refit_info = refit(dataset, best, stop_at=clock.deadline - reserve,
                                   device=device, threads=threads, seed=seed, log=log,
@@ -334,6 +337,16 @@ def _run(args: RunArgs, clock: Clock, journal: Journal, log: logging.Logger) -> 
                      best_config=best.config.model_dump(), summary=summary)
 
 
+def _eval_rate(out_dir: Path, best: TrialRecord, dataset: Dataset, threads: int) -> float:
+    """Test-pass speed for sizing the final reserve: onnxruntime's, timed on the winner's own
+    best_so_far.onnx when that is the winner; else the trial's PyTorch evaluation speed."""
+    record = _best_so_far(out_dir)
+    if record is not None and record.get("trial") == best.number:
+        with suppress(OSError, RuntimeError, ValueError):  # cannot be timed: fall back
+            return onnx_rate(Path(record["model"]), dataset.x_val, threads)
+    return float(best.metrics.get("eval_images_per_s") or 0.0) or EVAL_RATE_GUESS
+
+
 def _render_report(out_dir: Path, log: logging.Logger) -> None:
     """report.html and its plots; the run's results stand without them, so a failure here is
     a warning with the command that renders them again."""
@@ -348,14 +361,17 @@ def _render_report(out_dir: Path, log: logging.Logger) -> None:
         log.info("report: %s", path)
 
 
-def _plan(journal: Journal, budget: Budget, clock: Clock, n_test: int) -> Plan:
+def _plan(journal: Journal, budget: Budget, clock: Clock, dataset: Dataset,
+          mac_rate: float | None) -> Plan:
     """The split decided when the run began. A resumed search gets the search time it had
     left, cut to its planned share of what is left now (the restart's own set-up is not the
-    refit's loss), and keeps its trial length and milestones so ASHA compares like with like.
+    refit's loss), and keeps its trial length, milestones and compute cap so ASHA compares
+    like with like.
     """
     recorded = journal.get("plan")
     if recorded is None:
-        plan = Plan.make(budget, clock, n_test)
+        plan = Plan.make(budget, clock, len(dataset.y_test),
+                         n_train=len(dataset.y_train) + len(dataset.y_val), mac_rate=mac_rate)
         journal.set(plan=plan.model_dump())
         return plan
     plan = Plan.model_validate(recorded)
@@ -377,11 +393,22 @@ def _search(journal: Journal, dataset: Dataset, space: SearchSpace, budget: Budg
                                 done["overrun_s"])
         log.info("search: done before the interruption (%d trials)", len(outcome.records))
         return outcome, Plan.model_validate(journal.get("plan"))
-    with ray_session(args.ray_address, threads, device, log) as workers:
-        plan = _plan(journal, budget, clock, len(dataset.y_test))
+    mac_rate = None
+    if journal.get("plan") is None and budget.min_epochs > 0:
+        mac_rate = probe.mac_rate(dataset.shape, device, threads)
+    gpu_cache = dataset.x_train.nbytes + dataset.x_val.nbytes \
+        if dataset.data_path == pipeline.DALI_GPU else 0
+    packing_probe = Probe(space, dataset.shape, budget.max_params, data_bytes=gpu_cache,
+                          train_images=len(dataset.y_train), seed=args.seed)
+    with ray_session(args.ray_address, threads, device, log, packing_probe) as workers:
+        journal.set(workers={"where": workers.where, "packing": workers.packing})
+        plan = _plan(journal, budget, clock, dataset, mac_rate)
+        cap = "no compute cap" if plan.max_macs is None else (
+            f"compute cap {plan.max_macs / 1e6:.1f}M MACs per image ({budget.min_epochs:g} "
+            f"refit epochs at {plan.mac_rate / 1e9:.1f} GMAC/s measured)")
         emit(log, "plan", "plan: setup %.1fs, search %.1fs (trials of %.1fs, ASHA milestones "
-             "%s), refit ~%.1fs, final reserve %.1fs; %s", plan.setup_s, plan.search_s,
-             plan.trial_s, list(plan.milestones), plan.refit_s, plan.final_reserve_s,
+             "%s), refit ~%.1fs, final reserve %.1fs, %s; %s", plan.setup_s, plan.search_s,
+             plan.trial_s, list(plan.milestones), plan.refit_s, plan.final_reserve_s, cap,
              workers.where, plan=plan.model_dump(), workers=workers.where,
              summary=f"plan: search {plan.search_s:.0f}s in trials of {plan.trial_s:.1f}s, "
                      f"refit ~{plan.refit_s:.0f}s · {workers.where}")
@@ -445,6 +472,7 @@ def _summary(budget: Budget, clock: Clock, plan: Plan, dataset: Dataset, outcome
         "refit": asdict(refit_info),
         "export": asdict(exported),
         "device": device,
+        "workers": journal.get("workers"),
         "data_pipeline": dataset.data_path,
         "threads": os.cpu_count(),
         "data": {"name": dataset.name, "source": dataset.source, "sizes": dataset.sizes(),

@@ -22,12 +22,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ray import tune
 from ray.tune.search import Searcher
 
+from autofit import packing
 from autofit.best import BestSoFar
 from autofit.budget import Plan
 from autofit.dataset import Dataset
@@ -35,12 +36,17 @@ from autofit.errors import AutofitError
 from autofit.events import emit
 from autofit.journal import Journal
 from autofit.models import DataShape
+from autofit.packing import Probe, gpu_share, trials_per_gpu
 from autofit.space import SearchSpace, TrialConfig
 from autofit.trial import TRIAL_KEY, TrialData, parse_config, trainable
+
+if TYPE_CHECKING:
+    from autofit.tpe import TpeSampler
 
 METRIC = "val_accuracy"
 LOG_EVERY_S = 5.0
 EXPERIMENT = "search"
+PROBE_TIMEOUT_S = 120.0  # the GPU memory probe: Ray worker and CUDA start-up, a few steps
 FAILURES_BEFORE_GIVING_UP = 3  # failed trials, with none succeeding, that end the search
 STATUS = {"completed": "completed", "deadline": "stopped at search deadline",
           "diverged": "diverged", "running": "stopped by ASHA"}
@@ -91,7 +97,8 @@ class SearchFailed(AutofitError):
 
 
 class SpaceSearcher(Searcher):
-    """Seeded random sampling from the space, each draw fitted to the parameter cap.
+    """Draws from the space, each draw fitted to the parameter cap: seeded random sampling, or
+    with `searcher: tpe` Optuna's TPE, told each finished trial's score (autofit/tpe.py).
 
     It numbers trials, stops suggesting when no new trial could reach a milestone before the
     search deadline (read from the journal, so a resumed search uses the new one), and stops
@@ -99,12 +106,18 @@ class SpaceSearcher(Searcher):
     """
 
     def __init__(self, space: SearchSpace, shape: DataShape, max_params: int, seed: int,
-                 journal: Path) -> None:
+                 journal: Path, max_macs: int | None = None) -> None:
         super().__init__(metric=METRIC, mode="max")
         self.space, self.shape, self.max_params, self.journal = space, shape, max_params, journal
+        self.max_macs = max_macs
         self.rng = np.random.default_rng(seed)
         self.count = self.failures = self.successes = 0
         self.stop_at = self._stop_at()
+        self.tpe: TpeSampler | None = None
+        if space.searcher == "tpe":  # imported only then: random search needs no Optuna
+            from autofit.tpe import TpeSampler
+
+            self.tpe = TpeSampler(space, shape, max_params, seed, max_macs)
 
     def _stop_at(self) -> float:
         return float(json.loads(self.journal.read_text())["search_clock"]["stop_suggesting_at"])
@@ -117,20 +130,31 @@ class SpaceSearcher(Searcher):
             return Searcher.FINISHED
         if self.failures >= FAILURES_BEFORE_GIVING_UP and not self.successes:
             return Searcher.FINISHED
-        config = self.space.sample(self.rng, self.shape, self.max_params)
+        if self.tpe is not None:
+            config = self.tpe.suggest(trial_id)
+        elif self.max_macs is not None:
+            config = self.space.sample(self.rng, self.shape, self.max_params,
+                                       max_macs=self.max_macs)
+        else:
+            config = self.space.sample(self.rng, self.shape, self.max_params)
         self.count += 1
         return {**config.model_dump(), TRIAL_KEY: self.count}
 
     def on_trial_complete(self, trial_id, result=None, error=False):  # type: ignore[no-untyped-def]
+        value = float((result or {}).get(METRIC, math.nan))
+        diverged = bool(result) and result.get("state") == "diverged"
         if error:
             self.failures += 1
-        elif result and result.get("state") != "diverged" and math.isfinite(
-                float(result.get(METRIC, math.nan))):
+        elif result and not diverged and math.isfinite(value):
             self.successes += 1
+        if self.tpe is not None:  # an ASHA-stopped trial: the score of its last rung
+            state = "FAIL" if error else "PRUNED" if diverged else "COMPLETE"
+            self.tpe.tell(trial_id, value, state)
 
     def save(self, checkpoint_path: str) -> None:
         state = {"rng": self.rng.bit_generator.state, "count": self.count,
-                 "failures": self.failures, "successes": self.successes}
+                 "failures": self.failures, "successes": self.successes,
+                 "tpe": self.tpe.history if self.tpe is not None else None}
         Path(checkpoint_path).write_text(json.dumps(state))
 
     def restore(self, checkpoint_path: str) -> None:
@@ -139,6 +163,8 @@ class SpaceSearcher(Searcher):
         self.count, self.failures = state["count"], state["failures"]
         self.successes = state["successes"]
         self.stop_at = self._stop_at()
+        if self.tpe is not None and state.get("tpe") is not None:
+            self.tpe.load(state["tpe"])
 
 
 def status_of(metrics: dict[str, Any], trial_s: float) -> str:
@@ -238,13 +264,52 @@ def _record(result: Any, trial_s: float,
 
 @dataclass(frozen=True)
 class Workers:
-    """Where trials run and what each gets: a whole node's CPUs (one trial per node), or one
-    GPU per trial when training on GPUs."""
+    """Where trials run and what each gets: a whole node's CPUs (one trial per node), or on
+    GPUs a share of one, as many trials per GPU as the memory probe says fit (autofit/
+    packing.py), with that GPU's CPUs split between them. `packing` records the probe."""
 
     where: str
     trial_cpus: int
-    trial_gpus: int
+    trial_gpus: float
     concurrency: int
+    packing: dict[str, Any] | None = None  # GPU runs: the probe and trials per GPU
+
+
+def plan_workers(nodes: list[dict[str, float]], device: str,
+                 measured: tuple[int, int] | None = None, why: str | None = None) -> Workers:
+    """Trial resources for the live Ray nodes' resources. On CUDA, `measured` is the probe's
+    (bytes one trial holds, bytes a GPU has); without it (`why` says why), one trial per GPU
+    with a node's CPUs, as before packing existed."""
+    cpus = int(max(node.get("CPU", 1) for node in nodes))
+    if device != "cuda":
+        return Workers("", cpus, 0, sum(1 for n in nodes if n.get("CPU", 0) >= cpus))
+    gpus = max(1, int(sum(n.get("GPU", 0) for n in nodes)))
+    if measured is None:
+        return Workers("", cpus, 1, gpus, packing={
+            "trials_per_gpu": 1, "peak_bytes": None, "gpu_bytes": None,
+            "note": why or "no memory probe"})
+    peak, total = measured
+    per_gpu = trials_per_gpu(peak, total)
+    gpu_cpus = min((int(n.get("CPU", 1)) // int(n["GPU"]) for n in nodes if n.get("GPU", 0) >= 1),
+                   default=cpus)
+    trial_cpus = cpus if per_gpu == 1 else max(1, gpu_cpus // per_gpu)
+    return Workers("", trial_cpus, 1 if per_gpu == 1 else gpu_share(per_gpu), per_gpu * gpus,
+                   packing={"trials_per_gpu": per_gpu, "peak_bytes": peak, "gpu_bytes": total,
+                            "note": why})
+
+
+def describe_workers(workers: Workers, where: str, nodes: int) -> str:
+    """The line the plan shows (and the summary keeps) about where trials run."""
+    text = (f"{where}: {nodes} node(s), {workers.concurrency} trial(s) at a time, "
+            f"{workers.trial_cpus} CPUs each")
+    packing = workers.packing
+    if packing is None:
+        return text
+    if packing["peak_bytes"] is None:
+        return f"{text}, 1 per GPU ({packing['note']})"
+    return (f"{text}, {packing['trials_per_gpu']} per GPU (memory probe: "
+            f"{packing['peak_bytes'] / 2**30:.2f} GiB per trial of "
+            f"{packing['gpu_bytes'] / 2**30:.0f} GiB)")
 
 
 def run_search(dataset: Dataset, space: SearchSpace, max_params: int, plan: Plan, *,
@@ -283,7 +348,8 @@ def run_search(dataset: Dataset, space: SearchSpace, max_params: int, plan: Plan
             runnable,
             tune_config=tune.TuneConfig(
                 metric=METRIC, mode="max", scheduler=scheduler, num_samples=100_000,
-                search_alg=SpaceSearcher(space, dataset.shape, max_params, seed, journal.path),
+                search_alg=SpaceSearcher(space, dataset.shape, max_params, seed, journal.path,
+                                         max_macs=plan.max_macs),
                 max_concurrent_trials=workers.concurrency, time_budget_s=plan.search_s + 5.0,
                 reuse_actors=True,
             ),
@@ -330,19 +396,36 @@ def _ray_logs_into(log: logging.Logger) -> Iterator[None]:
 
 
 @contextmanager
-def ray_session(address: str | None, threads: int, device: str,
-                log: logging.Logger) -> Iterator[Workers]:
+def ray_session(address: str | None, threads: int, device: str, log: logging.Logger,
+                probe: Probe | None = None) -> Iterator[Workers]:
     """Connect to `address` (an existing cluster) or start a local Ray; yield its workers.
 
     Only a Ray this call started is shut down. Tune's per-trial loggers are off (the
     leaderboard and summary are autofit's record of the search), and what Ray logs goes into
-    the run's log instead of beside it.
+    the run's log instead of beside it. On CUDA, `probe` (the space, cap and data) sizes how
+    many trials share a GPU; without it each trial gets a whole GPU.
     """
     with _ray_logs_into(log):
-        yield from _ray_session(address, threads, device)
+        yield from _ray_session(address, threads, device, probe)
 
 
-def _ray_session(address: str | None, threads: int, device: str) -> Iterator[Workers]:
+def _measure(probe: Probe) -> tuple[tuple[int, int] | None, str | None]:
+    """The memory probe, run in a Ray task holding one GPU (the device trials will use, in a
+    process of its own whose CUDA context ends with it): its result, or why there is none."""
+    import ray
+
+    task = ray.remote(num_gpus=1, num_cpus=1, max_calls=1)(packing.measure)
+    ref = task.remote(probe)
+    try:
+        measured = ray.get(ref, timeout=PROBE_TIMEOUT_S)
+    except Exception as err:  # noqa: BLE001 - any failure: one trial per GPU, as before
+        ray.cancel(ref, force=True)
+        return None, f"memory probe failed: {_last_line(str(err))}"
+    return measured, None if measured is not None else "memory probe found no CUDA device"
+
+
+def _ray_session(address: str | None, threads: int, device: str,
+                 probe: Probe | None = None) -> Iterator[Workers]:
     import ray
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -365,16 +448,17 @@ def _ray_session(address: str | None, threads: int, device: str) -> Iterator[Wor
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise AutofitError(f"cannot start or reach Ray at {address or 'local'}: "
                                f"{_last_line(str(err))}") from None
-    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-    cpus = int(max(node.get("CPU", 1) for node in nodes))
-    if device == "cuda":
-        workers = Workers("", cpus, 1, max(1, int(sum(n.get("GPU", 0) for n in nodes))))
-    else:
-        workers = Workers("", cpus, 0, sum(1 for n in nodes if n.get("CPU", 0) >= cpus))
-    where = f"ray cluster at {address}" if address else "local ray"
     try:
-        yield replace(workers, where=f"{where}: {len(nodes)} node(s), {workers.concurrency} "
-                                     f"trial(s) at a time, {cpus} CPUs each")
+        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        measured, why = None, None if probe is not None else "no memory probe asked for"
+        if device == "cuda" and probe is not None:
+            if any(n.get("GPU", 0) >= 1 for n in nodes):
+                measured, why = _measure(probe)
+            else:
+                why = "no Ray node has a whole GPU to probe"
+        workers = plan_workers(nodes, device, measured, why)
+        where = f"ray cluster at {address}" if address else "local ray"
+        yield replace(workers, where=describe_workers(workers, where, len(nodes)))
     finally:
         if started:
             ray.shutdown()

@@ -130,13 +130,15 @@ class TrialConfig(BaseModel):
     arch: dict[str, int]
     recipe: Recipe
     params: int
+    macs: int | None = None  # multiply-accumulates per image, forward (None in older runs)
 
     def describe(self) -> str:
         arch = " ".join(f"{k}={v}" for k, v in self.arch.items())
         r = self.recipe
         extras = "".join(f" {name}" for name, on in (("ema", r.ema), ("tta", r.tta and r.hflip))
                          if on)
-        return (f"{self.family} {arch} ({self.params / 1e6:.3f}M params) {r.optimizer} "
+        macs = "" if self.macs is None else f", {self.macs / 1e6:.1f}M MACs"
+        return (f"{self.family} {arch} ({self.params / 1e6:.3f}M params{macs}) {r.optimizer} "
                 f"{r.schedule} bs={r.batch_size} lr={r.lr:.3g} wd={r.weight_decay:.2g} "
                 f"ls={r.label_smoothing} hflip={r.hflip} cutout={r.cutout} "
                 f"dropout={r.dropout}{extras}")
@@ -194,6 +196,9 @@ class SearchSpace(BaseModel):
     fit_order: list[str] = ["width", "depth"]
     fill: Fill | None = None
     training: dict[str, Knob]
+    # How draws are made: seeded random sampling, or Optuna's TPE learning from the trials so
+    # far (autofit/tpe.py). Random stays the default until a benchmark says otherwise.
+    searcher: Literal["random", "tpe"] = "random"
     source: str = "<memory>"
     # Exact counts already made: a fill search counts the same few models again and again.
     _counts: dict[tuple[object, ...], int] = PrivateAttr(default_factory=dict)
@@ -215,6 +220,14 @@ class SearchSpace(BaseModel):
                 raise ValueError(f"knob must name exactly one knob of family {family!r} "
                                  f"(it names {mine or 'none'} of {sorted(family_knobs)})")
         return fill
+
+    @field_validator("searcher", mode="before")
+    @classmethod
+    def _searcher_name(cls, searcher: object) -> object:
+        if searcher not in ("random", "tpe"):
+            raise ValueError(f"must be random (seeded random sampling) or tpe (Optuna's TPE), "
+                             f"not {searcher!r}")
+        return searcher
 
     @model_validator(mode="after")
     def _known(self) -> SearchSpace:
@@ -254,6 +267,18 @@ class SearchSpace(BaseModel):
             message = first["msg"].removeprefix("Value error, ")
             raise UsageError(f"search space {path}: {where}: {message}") from None
 
+    def configure(self, family: str, drawn: dict[str, int], training: dict[str, Value],
+                  shape: DataShape, max_params: int, target: int | None = None,
+                  max_macs: int | None = None) -> TrialConfig | None:
+        """Knob values drawn elsewhere (a model-based searcher: autofit/tpe.py) as one
+        configuration, fitted as `sample` fits its own draws; None when nothing fits."""
+        fitted = self.fit(family, drawn, shape, max_params, target, max_macs)
+        if fitted is None:
+            return None
+        arch, params = fitted
+        return TrialConfig(family=family, arch=arch, recipe=Recipe(**training), params=params,
+                           macs=self._macs(family, arch, shape))
+
     def smallest(self, shape: DataShape) -> tuple[str, dict[str, int], int]:
         """The smallest model the space can build: the floor any parameter cap must clear."""
         candidates = []
@@ -273,31 +298,40 @@ class SearchSpace(BaseModel):
             )
 
     def sample(self, rng: np.random.Generator, shape: DataShape, max_params: int,
-               tries: int = 100) -> TrialConfig:
-        """Draw one configuration whose model fits `max_params`, shrinking it if needed."""
+               tries: int = 100, max_macs: int | None = None) -> TrialConfig:
+        """Draw one configuration whose model fits `max_params`, shrinking it if needed.
+
+        `max_macs` is a compute cap as well (what the time budget affords: see budget.Plan);
+        when no draw meets it, it is dropped: the search then gets the cheapest models the
+        space has rather than none."""
         recipe = Recipe(**{name: knob.sample(rng) for name, knob in self.training.items()})
-        for _ in range(tries):
+        for attempt in range(2 * tries if max_macs is not None else tries):
+            if attempt == tries:
+                max_macs = None
             family = list(self.families)[int(rng.integers(len(self.families)))]
             drawn = {name: int(knob.sample(rng)) for name, knob in self.families[family].items()}
             target = None
             if self.fill is not None:  # drawn only with fill: spaces without keep their stream
                 low = math.log(self.fill.low * max_params)
                 target = int(math.exp(rng.uniform(low, math.log(max_params))))
-            fitted = self.fit(family, drawn, shape, max_params, target)
+            fitted = self.fit(family, drawn, shape, max_params, target, max_macs)
             if fitted is not None:
                 arch, params = fitted
-                return TrialConfig(family=family, arch=arch, recipe=recipe, params=params)
+                return TrialConfig(family=family, arch=arch, recipe=recipe, params=params,
+                                   macs=self._macs(family, arch, shape))
         self.check_fits(shape, max_params)
         raise BudgetError(f"no model fitting --max-params {max_params:,} was drawn from "
                           f"{self.source} in {tries} tries")
 
     def fit(self, family: str, drawn: dict[str, int], shape: DataShape, max_params: int,
-            target: int | None = None) -> tuple[dict[str, int], int] | None:
+            target: int | None = None,
+            max_macs: int | None = None) -> tuple[dict[str, int], int] | None:
         """Largest model at or below the drawn knobs that fits, shrinking `fit_order` knobs
         (the first one fastest); None when even their smallest values are over the cap.
 
         With `fill`, the family's fill knob is not shrunk from its drawn value but chosen
-        afresh at each step of the others to land near `target` (default: the cap)."""
+        afresh at each step of the others to land near `target` (default: the cap). With
+        `max_macs`, a model must also cost at most that many MACs per image."""
         knob = self._fill_knob(family)
         order = [k for k in self.fit_order if k in drawn and k != knob]
         ladders = [
@@ -308,12 +342,27 @@ class SearchSpace(BaseModel):
             arch = {**drawn, **dict(zip(reversed(order), combo, strict=True))}
             if knob is not None:
                 filled = self._fill(family, arch, knob, shape, max_params, target or max_params)
+                if filled is not None and max_macs is not None:
+                    filled = self._cheaper(family, *filled, knob, shape, max_macs)
                 if filled is not None:
                     return filled
                 continue
             params = self._count(family, arch, shape)
-            if params <= max_params:
+            if params <= max_params and (max_macs is None or
+                                         self._macs(family, arch, shape) <= max_macs):
                 return arch, params
+        return None
+
+    def _cheaper(self, family: str, arch: dict[str, int], params: int, knob: str,
+                 shape: DataShape, max_macs: int) -> tuple[dict[str, int], int] | None:
+        """`arch` with its fill knob lowered until the model costs at most `max_macs`;
+        lowering it only lowers the parameter count, so the cap still holds."""
+        values = sorted((int(v) for v in self.families[family][knob].values()
+                         if v <= arch[knob]), reverse=True)
+        for value in values:
+            candidate = {**arch, knob: value}
+            if self._macs(family, candidate, shape) <= max_macs:
+                return candidate, self._count(family, candidate, shape)
         return None
 
     def _fill_knob(self, family: str) -> str | None:
@@ -353,6 +402,12 @@ class SearchSpace(BaseModel):
         key = _count_key(family, arch, shape)
         if key not in self._counts:
             self._counts[key] = models.count_for(family, arch, shape)
+        return self._counts[key]
+
+    def _macs(self, family: str, arch: dict[str, int], shape: DataShape) -> int:
+        key = ("macs", *_count_key(family, arch, shape))
+        if key not in self._counts:
+            self._counts[key] = models.count_macs(family, arch, shape)
         return self._counts[key]
 
 

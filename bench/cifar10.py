@@ -10,48 +10,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "cifar10-jpg"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, add_data_argument, check_data, machine  # noqa: E402
 
-
-def machine() -> dict[str, object]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = None
-    try:
-        import torch
-
-        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except ImportError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version()}
+__all__ = ["machine"]  # bench/faults.py and bench/data_pipeline.py import it from here
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", default="10")
     parser.add_argument("--max-params", default="2M")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    add_data_argument(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--results", type=Path,
                         default=ROOT / "bench" / "results" / "cifar10.jsonl")
     args = parser.parse_args()
-    if not args.data.is_dir():
-        print(f"bench: CIFAR-10 JPEGs not found at {args.data}", file=sys.stderr)
+    if not check_data(args.data):
         return 2
     out = args.out or ROOT / "runs" / f"bench-cifar10-{time.strftime('%Y%m%d-%H%M%S')}"
     command = [sys.executable, "-m", "autofit", "run", "--data", str(args.data), "--minutes",

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from autofit import models, pipeline
@@ -33,10 +32,8 @@ from autofit.space import Recipe, TrialConfig
 from autofit.trial import EVAL_BATCH, evaluate, make_model, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cifar10 import machine  # noqa: E402
+from common import ROOT, add_data_argument, check_data, listing, machine  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "cifar10-jpg"
 SIZE = 32
 BASELINE = Recipe(batch_size=128, lr=0.2, weight_decay=5e-4)  # sgd, onecycle, nothing else
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -52,20 +49,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "tta=true": {"tta": True},
     "cutout=0.25": {"cutout": 0.25},
 }
-
-
-def listing(root: Path, split: str, per_class: int) -> tuple[list[str], np.ndarray, list[str]]:
-    """The first `per_class` files (sorted) of each class folder of `root/split`: a
-    deterministic, class-balanced slice (0: all of them)."""
-    classes = sorted(d.name for d in (root / split).iterdir() if d.is_dir())
-    files: list[str] = []
-    labels: list[int] = []
-    for index, name in enumerate(classes):
-        names = sorted(f.name for f in os.scandir(root / split / name) if f.is_file())
-        chosen = names[:per_class] if per_class > 0 else names
-        files += [str(root / split / name / f) for f in chosen]
-        labels += [index] * len(chosen)
-    return files, np.array(labels, dtype=np.int64), classes
 
 
 def load(root: Path, train_per_class: int, val_per_class: int, threads: int,
@@ -112,7 +95,7 @@ def run_variant(data: Dataset, recipe: Recipe, arch: dict[str, int], seconds: fl
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    add_data_argument(parser)
     parser.add_argument("--seconds", type=float, default=60.0, help="training time per variant")
     parser.add_argument("--train-per-class", type=int, default=0, help="0: all 5,000")
     parser.add_argument("--val-per-class", type=int, default=200)
@@ -123,9 +106,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "recipes.json")
     args = parser.parse_args()
-    if not (args.data / "train").is_dir() or not (args.data / "test").is_dir():
-        print(f"bench: CIFAR-10 JPEGs (train/ and test/) not found at {args.data}",
-              file=sys.stderr)
+    if not check_data(args.data, splits=True):
         return 2
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"

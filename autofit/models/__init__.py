@@ -1,4 +1,4 @@
-"""Model families, by name, and the two things the search needs of them: build and count.
+"""Model families, by name, and what the search needs of them: build, count params and MACs.
 
 Each family is a small module with a
 `build(**knobs, in_channels, num_classes, input_size, dropout=0.0)`; its knobs are integers
@@ -46,6 +46,30 @@ def count_params(family: str, arch: Mapping[str, int], in_channels: int, num_cla
     with torch.device("meta"):
         model = build(family, arch, in_channels, num_classes, input_size)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def count_macs(family: str, arch: Mapping[str, int], shape: DataShape) -> int:
+    """Multiply-accumulates of one image's forward pass (convolutions and linear layers), from
+    a forward pass on the meta device: what a model costs to train, known before it trains,
+    as its parameter count is. Training a batch costs about three forward passes."""
+    with torch.device("meta"):
+        net = build(family, arch, shape.channels, shape.num_classes, shape.size).eval()
+    total = 0
+
+    def add(module: nn.Module, inputs: object, out: Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            kernel = module.kernel_size[0] * module.kernel_size[1]
+            total += out.numel() * module.in_channels // module.groups * kernel
+        elif isinstance(module, nn.Linear):
+            total += module.in_features * module.out_features
+
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            module.register_forward_hook(add)
+    with torch.no_grad():
+        net(torch.empty(1, shape.channels, shape.height, shape.width, device="meta"))
+    return total
 
 
 class Classifier(nn.Module):

@@ -1,0 +1,73 @@
+"""What the CIFAR-10 benches share: where the repository and the JPEGs are, the `--data`
+prologue (one message, exit 2, when the data is missing), a deterministic class-balanced
+slice of a split, and the machine a result was measured on.
+
+The benches run as scripts (`python bench/NAME.py`), so they import this as `common`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "cifar10-jpg"
+
+
+def machine() -> dict[str, object]:
+    """CPU model, cores, GPU and Python: a timing means little without them."""
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = None
+    try:
+        import torch
+
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version()}
+
+
+def add_data_argument(parser: argparse.ArgumentParser) -> None:
+    """`--data DIR`, defaulting to the shared CIFAR-10 JPEGs."""
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help=f"CIFAR-10 JPEGs as DIR/train/<class>/*.jpg (default {DEFAULT_DATA})")
+
+
+def check_data(data: Path, splits: bool = False) -> bool:
+    """Whether the data is there (with `splits`: its train/ and test/ folders); says why not
+    on stderr, so a bench exits 2 with one line instead of a traceback."""
+    if splits:
+        if (data / "train").is_dir() and (data / "test").is_dir():
+            return True
+        print(f"bench: CIFAR-10 JPEGs (train/ and test/) not found at {data}", file=sys.stderr)
+        return False
+    if data.is_dir():
+        return True
+    print(f"bench: CIFAR-10 JPEGs not found at {data}", file=sys.stderr)
+    return False
+
+
+def listing(root: Path, split: str, per_class: int) -> tuple[list[str], np.ndarray, list[str]]:
+    """The first `per_class` files (sorted) of each class folder of `root/split`: a
+    deterministic, class-balanced slice (0: all of them)."""
+    classes = sorted(d.name for d in (root / split).iterdir() if d.is_dir())
+    files: list[str] = []
+    labels: list[int] = []
+    for index, name in enumerate(classes):
+        names = sorted(f.name for f in os.scandir(root / split / name) if f.is_file())
+        chosen = names[:per_class] if per_class > 0 else names
+        files += [str(root / split / name / f) for f in chosen]
+        labels += [index] * len(chosen)
+    return files, np.array(labels, dtype=np.int64), classes
