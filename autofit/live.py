@@ -8,7 +8,6 @@ handler on the run's logger, so it shows exactly what run.log and events.jsonl r
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from autofit.events import PHASE_COLOURS, event_of, shown
+from autofit.events import PHASE_COLOURS, event_of, ranked, shown
 
 MESSAGES = 4
 BAR_WIDTH = 60
@@ -41,10 +40,7 @@ class TrialRow:
 
     @property
     def score(self) -> float:
-        value = self.val_accuracy
-        ok = value is not None and math.isfinite(value) and self.status not in {"error",
-                                                                                  "diverged"}
-        return value if ok else -1.0  # type: ignore[return-value]
+        return ranked(self.val_accuracy, self.status not in {"error", "diverged"})
 
 
 @dataclass

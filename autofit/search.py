@@ -33,7 +33,7 @@ from autofit.best import BestSoFar
 from autofit.budget import Plan
 from autofit.dataset import Dataset
 from autofit.errors import AutofitError
-from autofit.events import emit
+from autofit.events import emit, ranked
 from autofit.journal import Journal
 from autofit.models import DataShape
 from autofit.packing import Probe, gpu_share, trials_per_gpu
@@ -73,9 +73,7 @@ class TrialRecord:
 
     @property
     def score(self) -> float:
-        value = self.metrics.get(METRIC, math.nan)
-        ok = self.error is None and self.status != "diverged"
-        return float(value) if ok and value is not None and math.isfinite(value) else -1.0
+        return ranked(self.metrics.get(METRIC), self.error is None and self.status != "diverged")
 
 
 @dataclass
@@ -132,11 +130,9 @@ class SpaceSearcher(Searcher):
             return Searcher.FINISHED
         if self.tpe is not None:
             config = self.tpe.suggest(trial_id)
-        elif self.max_macs is not None:
+        else:
             config = self.space.sample(self.rng, self.shape, self.max_params,
                                        max_macs=self.max_macs)
-        else:
-            config = self.space.sample(self.rng, self.shape, self.max_params)
         self.count += 1
         return {**config.model_dump(), TRIAL_KEY: self.count}
 

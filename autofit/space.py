@@ -304,7 +304,7 @@ class SearchSpace(BaseModel):
         `max_macs` is a compute cap as well (what the time budget affords: see budget.Plan);
         when no draw meets it, it is dropped: the search then gets the cheapest models the
         space has rather than none."""
-        recipe = Recipe(**{name: knob.sample(rng) for name, knob in self.training.items()})
+        training = {name: knob.sample(rng) for name, knob in self.training.items()}
         for attempt in range(2 * tries if max_macs is not None else tries):
             if attempt == tries:
                 max_macs = None
@@ -314,11 +314,10 @@ class SearchSpace(BaseModel):
             if self.fill is not None:  # drawn only with fill: spaces without keep their stream
                 low = math.log(self.fill.low * max_params)
                 target = int(math.exp(rng.uniform(low, math.log(max_params))))
-            fitted = self.fit(family, drawn, shape, max_params, target, max_macs)
-            if fitted is not None:
-                arch, params = fitted
-                return TrialConfig(family=family, arch=arch, recipe=recipe, params=params,
-                                   macs=self._macs(family, arch, shape))
+            config = self.configure(family, drawn, training, shape, max_params, target,
+                                    max_macs)
+            if config is not None:
+                return config
         self.check_fits(shape, max_params)
         raise BudgetError(f"no model fitting --max-params {max_params:,} was drawn from "
                           f"{self.source} in {tries} tries")
