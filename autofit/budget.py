@@ -48,7 +48,10 @@ class Budget(BaseModel):
 
     minutes: float = Field(default=10.0, description="wall-clock budget of the whole run")
     max_params: int = Field(default=2_000_000, description="parameter cap of every trained model")
-    search_share: float = Field(default=0.6, gt=0.05, lt=0.95)
+    search_share: float | None = Field(
+        default=None, gt=0.05, lt=0.95,
+        description="share of the trainable time the search gets; None (auto): from the "
+                    "measured cost of an epoch, see Plan.make")
     min_epochs: float = Field(
         default=10.0, ge=0.0,
         description="epochs the refit must afford a model for the search to try it (0: off)")
@@ -66,6 +69,11 @@ class Budget(BaseModel):
             raise UsageError(f"--minutes {minutes:g} is too short: start-up alone takes seconds; "
                              f"give at least {MIN_MINUTES}")
         return minutes
+
+    @field_validator("search_share", mode="before")
+    @classmethod
+    def _share(cls, value: object) -> object:
+        return None if value == "auto" else value
 
     @field_validator("max_params", mode="before")
     @classmethod
@@ -152,7 +160,37 @@ REPORT_RESERVE_S = 3.0  # report.html and its plots (about 1.5 s measured on 2 b
 EXIT_RESERVE_S = 2.0  # writing the summary, Ray shutdown, interpreter exit
 EVAL_RATE_GUESS = 500.0  # images/s for the test pass before a trial has measured one
 MIN_TRIAL_S = 2.0
-TRAIN_PASSES = 3  # a training step costs about three forward passes (forward, two backward)
+
+
+REFIT_SHARE = (0.3, 0.7)  # bounds of the refit's share of the trainable time when auto
+
+
+class Cost(BaseModel):
+    """Seconds to train on one image, priced per forward MAC and per activation value written
+    (autofit/probe.py measures both on this machine; models.count_work counts them)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    s_per_mac: float
+    s_per_act: float
+    reference_s: float  # the larger probe model's measured seconds per image: a mid-size net
+
+    def seconds(self, work: tuple[int, int]) -> float:
+        macs, acts = work
+        return self.s_per_mac * macs + self.s_per_act * acts
+
+
+class ComputeCap(BaseModel):
+    """The most a model may cost per training image: what the refit affords `min_epochs` of."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cost: Cost
+    max_image_s: float
+
+    def allows(self, work: tuple[int, int]) -> bool:
+        """Whether a model doing this (MACs, activations) per image is cheap enough."""
+        return self.cost.seconds(work) <= self.max_image_s
 
 
 class Plan(BaseModel):
@@ -172,14 +210,21 @@ class Plan(BaseModel):
     refit_s: float
     final_reserve_s: float
     search_deadline: float
-    mac_rate: float | None = None  # training MACs/s this machine measured (autofit/probe.py)
-    max_macs: int | None = None  # forward MACs per image the refit affords min_epochs of
+    search_share: float | None = None  # what the split gave the search (None in older runs)
+    split: str = ""  # why
+    cost: Cost | None = None  # this machine's training cost per image (autofit/probe.py)
+    max_image_s: float | None = None  # training seconds per image the refit affords
 
     @classmethod
     def make(cls, budget: Budget, clock: Clock, n_test: int, n_train: int = 0,
-             mac_rate: float | None = None, reduction_factor: int = 3, rungs: int = 3) -> Plan:
-        """The split, and with a measured `mac_rate` the compute cap: a model whose refit on
-        `n_train` images could not see `budget.min_epochs` epochs in `refit_s` is not tried."""
+             cost: Cost | None = None, reduction_factor: int = 3, rungs: int = 3) -> Plan:
+        """The split and, with a measured `cost`, the compute cap: a model whose refit on
+        `n_train` images could not see `budget.min_epochs` epochs in `refit_s` is not tried.
+
+        With `search_share` auto, the refit gets the time the probe's mid-size model needs
+        for `min_epochs` epochs, within REFIT_SHARE of the trainable time: where an epoch
+        is dear (CIFAR on a CPU) the refit gets most of it, where it is cheap (a small
+        dataset, a GPU) the search does."""
         left = clock.left()
         reserve = final_reserve(n_test, EVAL_RATE_GUESS)
         trainable = left - reserve
@@ -188,20 +233,35 @@ class Plan(BaseModel):
                 f"--minutes {budget.minutes:g} leaves {max(left, 0):.0f} s after setup, too little "
                 "to search and train; give a larger budget"
             )
-        search_s = budget.search_share * trainable
+        share, split = budget.search_share, "search_share from the budget"
+        if share is None and cost is not None and n_train and budget.min_epochs > 0:
+            need = budget.min_epochs * n_train * cost.reference_s
+            low, high = REFIT_SHARE
+            share = 1.0 - min(max(need / trainable, low), high)
+            split = (f"auto: {budget.min_epochs:g} epochs of the probe's mid-size model take "
+                     f"{need:.0f}s of {trainable:.0f}s, refit share within {low:g}-{high:g}")
+        elif share is None:
+            share, split = 0.5, "auto without a measured cost: even"
+        search_s = share * trainable
         trial_s = max(MIN_TRIAL_S, search_s / rungs)
         grace = trial_s / reduction_factor ** (rungs - 1)
         milestones = tuple(round(grace * reduction_factor**k, 3) for k in range(rungs - 1))
         refit_s = trainable - search_s
-        max_macs = None
-        if mac_rate and n_train and budget.min_epochs > 0:
-            max_macs = int(refit_s * mac_rate / (TRAIN_PASSES * budget.min_epochs * n_train))
-        return cls(mac_rate=None if mac_rate is None else round(mac_rate), max_macs=max_macs,
-                   budget_s=budget.seconds, setup_s=round(clock.elapsed(), 3),
+        max_image_s = None
+        if cost is not None and n_train and budget.min_epochs > 0:
+            max_image_s = refit_s / (budget.min_epochs * n_train)
+        return cls(cost=cost, max_image_s=max_image_s, search_share=round(share, 3),
+                   split=split, budget_s=budget.seconds, setup_s=round(clock.elapsed(), 3),
                    search_s=round(search_s, 3), trial_s=round(trial_s, 3),
                    milestones=milestones, refit_s=round(refit_s, 3),
                    final_reserve_s=round(reserve, 3),
                    search_deadline=time.time() + search_s)
+
+    @property
+    def cap(self) -> ComputeCap | None:
+        if self.cost is None or self.max_image_s is None:
+            return None
+        return ComputeCap(cost=self.cost, max_image_s=self.max_image_s)
 
 
 def final_reserve(n_test: int, eval_rate: float) -> float:

@@ -200,8 +200,9 @@ def budgets_command() -> None:
     typer.echo(f"{'name':<10} {'minutes':>7} {'max params':>11} {'search':>6}  what for")
     for path in listed("budgets"):
         budget = Budget.from_yaml(path)
+        share = "auto" if budget.search_share is None else f"{budget.search_share:.0%}"
         typer.echo(f"{path.stem:<10} {budget.minutes:>7g} {budget.max_params:>11,} "
-                   f"{budget.search_share:>6.0%}  {summary_line(path)}")
+                   f"{share:>6}  {summary_line(path)}")
 
 
 @app.command("spaces")

@@ -4,7 +4,8 @@
 The variable lists faults as `KIND@WHERE`, comma-separated, e.g. `raise@1,nan@2,oom@3`:
 `raise`, `nan`, `oom` (at the trial's first batch size only), `oom-always` and `kill` (SIGKILL
 of the worker) hit the training forward pass of trial number WHERE (`*`: every trial);
-`enospc@export` makes the final ONNX export fail as a full disk would. The faults are real
+`enospc@export` makes the final ONNX export fail as a full disk would; `kill@report` SIGKILLs
+the run itself as its report phase begins. The faults are real
 events inside real runs (a raised error, NaN logits, torch's OOM error, a killed process),
 injected from outside the code under test through a forward hook.
 """
@@ -29,7 +30,7 @@ def planned(where: str | int) -> list[str]:
     kinds = []
     for item in filter(None, (part.strip() for part in os.environ.get(ENV, "").split(","))):
         kind, _, place = item.partition("@")
-        if place == str(where) or (place == "*" and str(where) != "export"):
+        if place == str(where) or (place == "*" and isinstance(where, int)):
             kinds.append(kind)
     return kinds
 
@@ -64,3 +65,9 @@ def check_export() -> None:
     """Raise the OS error a full disk gives, when `enospc@export` is planned."""
     if "enospc" in planned("export"):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def kill_at(where: str) -> None:
+    """SIGKILL this process, as a crash would, when `kill@WHERE` is planned."""
+    if "kill" in planned(where):
+        os.kill(os.getpid(), signal.SIGKILL)

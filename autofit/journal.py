@@ -23,6 +23,7 @@ from autofit.errors import UsageError, one_line
 
 FILE = "journal.json"
 HEARTBEAT_S = 1.0
+TESTED = "tested"  # scored and summarised; only the report is left to do
 
 
 class RunArgs(BaseModel):

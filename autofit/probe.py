@@ -1,31 +1,36 @@
-"""How fast this machine trains: multiply-accumulates per second of a short real training run.
+"""How fast this machine trains: the price of a training image in seconds, per forward
+multiply-accumulate and per activation value, from two short real training runs.
 
-The search uses it to turn the time budget into a compute cap (budget.Plan.max_macs): a model
-whose refit could not see `min_epochs` epochs in the time the plan gives it is not worth a
-trial. One reference model (ResNet-8, width 16, built for the data's shape) trains on random
-pixels for about a second on the device and threads the trials will use.
+The plan turns it into the search's split and compute cap (budget.Plan): a model whose refit
+could not see `min_epochs` epochs in the time the refit gets is not worth a trial. One MAC
+rate alone mis-timed models by up to 2x on a CPU (narrow deep nets are bound by memory
+traffic, wide shallow ones by arithmetic); two reference models with different ratios of
+arithmetic to activations, each trained on random pixels for about a second on the device
+and threads the trials will use, price both and time every family within about 20%
+(bench/results/cost_model.json).
 """
 
 from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 from torch import nn
 
 from autofit import models
-from autofit.budget import TRAIN_PASSES
+from autofit.budget import Cost
 from autofit.models import DataShape
 
-REFERENCE = ("resnet", {"depth": 8, "width": 16})
-BATCH = 64
+REFERENCES = (("resnet", {"depth": 8, "width": 8}),  # narrow: activations dominate
+              ("fastnet", {"width": 32, "depth": 2}))  # wide, shallow: arithmetic dominates
+BATCH = 128  # the middle of the batch sizes the spaces draw
 PROBE_S = 1.0
 
 
-def mac_rate(shape: DataShape, device: str, threads: int) -> float:
-    """Training MACs per second (forward MACs of each image times TRAIN_PASSES)."""
-    torch.set_num_threads(threads)
-    family, arch = REFERENCE
+def seconds_per_image(family: str, arch: dict[str, int], shape: DataShape, device: str,
+                      seconds: float = PROBE_S) -> float:
+    """Measured training seconds per image (SGD steps on random pixels, no data loading)."""
     net = models.build_for(family, arch, shape).to(device, memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     x = torch.rand(BATCH, shape.channels, shape.height, shape.width, device=device)
@@ -39,11 +44,28 @@ def mac_rate(shape: DataShape, device: str, threads: int) -> float:
         opt.step()
 
     step()  # the first step pays for allocations and kernel choice
+    if device == "cuda":
+        torch.cuda.synchronize()
     images, start = 0, time.perf_counter()
-    while time.perf_counter() - start < PROBE_S or images < 2 * BATCH:
+    while time.perf_counter() - start < seconds or images < 2 * BATCH:
         step()
         images += BATCH
     if device == "cuda":
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    return TRAIN_PASSES * models.count_macs(family, arch, shape) * images / seconds
+    return (time.perf_counter() - start) / images
+
+
+def cost(shape: DataShape, device: str, threads: int) -> Cost:
+    """Seconds per training image as s_per_mac * MACs + s_per_act * activations, solved from
+    the two references' measured times (each price kept non-negative)."""
+    torch.set_num_threads(threads)
+    work = np.array([models.count_work(f, a, shape) for f, a in REFERENCES], dtype=float)
+    times = np.array([seconds_per_image(f, a, shape, device) for f, a in REFERENCES])
+    try:
+        s_per_mac, s_per_act = np.linalg.solve(work, times)
+    except np.linalg.LinAlgError:
+        s_per_mac, s_per_act = -1.0, -1.0
+    if s_per_mac <= 0 or s_per_act <= 0:  # noise made one price negative: one price, MACs
+        s_per_mac, s_per_act = float(times[-1] / work[-1, 0]), 0.0
+    return Cost(s_per_mac=float(s_per_mac), s_per_act=float(s_per_act),
+                reference_s=float(times[-1]))

@@ -22,13 +22,13 @@ from typing import Any
 from autofit import __version__, events, faults, live, pipeline, probe
 from autofit import best as best_module
 from autofit.best import BestSoFar
-from autofit.budget import EVAL_RATE_GUESS, Budget, Clock, Plan, final_reserve
+from autofit.budget import EVAL_RATE_GUESS, Budget, Clock, Cost, Plan, final_reserve
 from autofit.dataset import Dataset, load
 from autofit.errors import AutofitError, Interrupted, UnreadableData, UsageError, one_line
 from autofit.evaluate import onnx_rate, score_onnx
 from autofit.events import emit
 from autofit.export import export_onnx
-from autofit.journal import Journal, RunArgs
+from autofit.journal import TESTED, Journal, RunArgs
 from autofit.packing import Probe
 from autofit.presets import preset
 from autofit.refit import RefitInfo, refit
@@ -187,6 +187,8 @@ def _execute(journal: Journal, started_at: float | None, quiet: bool) -> RunResu
     log = _logger(out_dir, clock, args.budget.seconds, quiet)
     try:
         with journal.heartbeat(clock):
+            if journal.get("status") == TESTED:
+                return _report_only(journal, clock, log)
             return _run(args, clock, journal, log)
     except SearchFailed as err:
         write_leaderboard(out_dir / "leaderboard.csv", err.outcome.records)
@@ -325,16 +327,44 @@ def _run(args: RunArgs, clock: Clock, journal: Journal, log: logging.Logger) -> 
                        test_accuracy, device, seed, space, journal)
     summary["test"] = test.as_dict(dataset.classes)
     write_json(out_dir / "summary.json", summary)
-    journal.set(status="finished")
+    journal.set(status=TESTED)
+    return _finish(journal, clock, log, summary)
+
+
+def _finish(journal: Journal, clock: Clock, log: logging.Logger,
+            summary: dict[str, Any]) -> RunResult:
+    """Render the report and close the run. The scored summary is on disk before this, so a
+    run killed here resumes into this step alone, with no data to load or model to retrain."""
+    out_dir = journal.run_dir
+    faults.kill_at("report")
     _render_report(out_dir, log)
-    summary.update(_times(clock, journal))  # the report's own seconds included
+    summary.update(_times(clock, journal), resumes=len(journal.get("lives", [])) - 1,
+                   lives=journal.get("lives", []))  # the report's own seconds included
     with suppress(OSError):  # the first write stands if this one fails
         write_json(out_dir / "summary.json", summary)
-    emit(log, "done", "done in %.1fs of %.1fs: %s", summary["elapsed_s"], budget.seconds,
-         out_dir, elapsed_s=summary["elapsed_s"], test_accuracy=test_accuracy)
-    return RunResult(run_dir=out_dir, model_path=model_path, test_accuracy=test_accuracy,
-                     val_accuracy=best.score, params=best.config.params,
-                     best_config=best.config.model_dump(), summary=summary)
+    journal.set(status="finished")
+    emit(log, "done", "done in %.1fs of %.1fs: %s", summary["elapsed_s"], summary["budget_s"],
+         out_dir, elapsed_s=summary["elapsed_s"], test_accuracy=summary["test_accuracy"])
+    return RunResult(run_dir=out_dir, model_path=out_dir / "model.onnx",
+                     test_accuracy=summary["test_accuracy"],
+                     val_accuracy=summary["val_accuracy"], params=summary["params"],
+                     best_config=summary["best_config"], summary=summary)
+
+
+def _report_only(journal: Journal, clock: Clock, log: logging.Logger) -> RunResult:
+    """The rest of a run killed after its test pass: the report, from the summary it wrote."""
+    try:
+        summary = json.loads((journal.run_dir / "summary.json").read_text())
+    except (OSError, ValueError) as err:
+        raise AutofitError(f"--resume {journal.run_dir}: summary.json is unreadable "
+                           f"({one_line(err)}); the model is {journal.run_dir / 'model.onnx'}"
+                           ) from None
+    emit(log, "start", "autofit %s: resuming %s after its test pass; rendering the report",
+         __version__, journal.run_dir, t=clock.spent_before, version=__version__,
+         run_dir=str(journal.run_dir), budget_s=summary["budget_s"],
+         max_params=summary["budget"]["max_params"], resumed=True)
+    _phase(clock, log, "report")
+    return _finish(journal, clock, log, summary)
 
 
 def _eval_rate(out_dir: Path, best: TrialRecord, dataset: Dataset, threads: int) -> float:
@@ -362,7 +392,7 @@ def _render_report(out_dir: Path, log: logging.Logger) -> None:
 
 
 def _plan(journal: Journal, budget: Budget, clock: Clock, dataset: Dataset,
-          mac_rate: float | None) -> Plan:
+          cost: Cost | None) -> Plan:
     """The split decided when the run began. A resumed search gets the search time it had
     left, cut to its planned share of what is left now (the restart's own set-up is not the
     refit's loss), and keeps its trial length, milestones and compute cap so ASHA compares
@@ -371,7 +401,7 @@ def _plan(journal: Journal, budget: Budget, clock: Clock, dataset: Dataset,
     recorded = journal.get("plan")
     if recorded is None:
         plan = Plan.make(budget, clock, len(dataset.y_test),
-                         n_train=len(dataset.y_train) + len(dataset.y_val), mac_rate=mac_rate)
+                         n_train=len(dataset.y_train) + len(dataset.y_val), cost=cost)
         journal.set(plan=plan.model_dump())
         return plan
     plan = Plan.model_validate(recorded)
@@ -393,19 +423,20 @@ def _search(journal: Journal, dataset: Dataset, space: SearchSpace, budget: Budg
                                 done["overrun_s"])
         log.info("search: done before the interruption (%d trials)", len(outcome.records))
         return outcome, Plan.model_validate(journal.get("plan"))
-    mac_rate = None
+    cost = None
     if journal.get("plan") is None and budget.min_epochs > 0:
-        mac_rate = probe.mac_rate(dataset.shape, device, threads)
+        cost = probe.cost(dataset.shape, device, threads)
     gpu_cache = dataset.x_train.nbytes + dataset.x_val.nbytes \
         if dataset.data_path == pipeline.DALI_GPU else 0
     packing_probe = Probe(space, dataset.shape, budget.max_params, data_bytes=gpu_cache,
                           train_images=len(dataset.y_train), seed=args.seed)
     with ray_session(args.ray_address, threads, device, log, packing_probe) as workers:
         journal.set(workers={"where": workers.where, "packing": workers.packing})
-        plan = _plan(journal, budget, clock, dataset, mac_rate)
-        cap = "no compute cap" if plan.max_macs is None else (
-            f"compute cap {plan.max_macs / 1e6:.1f}M MACs per image ({budget.min_epochs:g} "
-            f"refit epochs at {plan.mac_rate / 1e9:.1f} GMAC/s measured)")
+        plan = _plan(journal, budget, clock, dataset, cost)
+        cap = "no compute cap" if plan.max_image_s is None else (
+            f"compute cap {plan.max_image_s * 1e3:.2f} ms per training image "
+            f"({budget.min_epochs:g} refit epochs)")
+        log.info("plan: search share %.0f%%, %s", 100 * (plan.search_share or 0), plan.split)
         emit(log, "plan", "plan: setup %.1fs, search %.1fs (trials of %.1fs, ASHA milestones "
              "%s), refit ~%.1fs, final reserve %.1fs, %s; %s", plan.setup_s, plan.search_s,
              plan.trial_s, list(plan.milestones), plan.refit_s, plan.final_reserve_s, cap,

@@ -30,7 +30,7 @@ from ray.tune.search import Searcher
 
 from autofit import packing
 from autofit.best import BestSoFar
-from autofit.budget import Plan
+from autofit.budget import ComputeCap, Plan
 from autofit.dataset import Dataset
 from autofit.errors import AutofitError
 from autofit.events import emit, ranked
@@ -104,10 +104,10 @@ class SpaceSearcher(Searcher):
     """
 
     def __init__(self, space: SearchSpace, shape: DataShape, max_params: int, seed: int,
-                 journal: Path, max_macs: int | None = None) -> None:
+                 journal: Path, cap: ComputeCap | None = None) -> None:
         super().__init__(metric=METRIC, mode="max")
         self.space, self.shape, self.max_params, self.journal = space, shape, max_params, journal
-        self.max_macs = max_macs
+        self.cap = cap
         self.rng = np.random.default_rng(seed)
         self.count = self.failures = self.successes = 0
         self.stop_at = self._stop_at()
@@ -115,7 +115,7 @@ class SpaceSearcher(Searcher):
         if space.searcher == "tpe":  # imported only then: random search needs no Optuna
             from autofit.tpe import TpeSampler
 
-            self.tpe = TpeSampler(space, shape, max_params, seed, max_macs)
+            self.tpe = TpeSampler(space, shape, max_params, seed, cap)
 
     def _stop_at(self) -> float:
         return float(json.loads(self.journal.read_text())["search_clock"]["stop_suggesting_at"])
@@ -128,11 +128,14 @@ class SpaceSearcher(Searcher):
             return Searcher.FINISHED
         if self.failures >= FAILURES_BEFORE_GIVING_UP and not self.successes:
             return Searcher.FINISHED
-        if self.tpe is not None:
+        first = self.space.first_config(self.shape, self.max_params, self.cap) \
+            if self.count == 0 else None
+        if first is not None:
+            config = first
+        elif self.tpe is not None:
             config = self.tpe.suggest(trial_id)
         else:
-            config = self.space.sample(self.rng, self.shape, self.max_params,
-                                       max_macs=self.max_macs)
+            config = self.space.sample(self.rng, self.shape, self.max_params, cap=self.cap)
         self.count += 1
         return {**config.model_dump(), TRIAL_KEY: self.count}
 
@@ -345,7 +348,7 @@ def run_search(dataset: Dataset, space: SearchSpace, max_params: int, plan: Plan
             tune_config=tune.TuneConfig(
                 metric=METRIC, mode="max", scheduler=scheduler, num_samples=100_000,
                 search_alg=SpaceSearcher(space, dataset.shape, max_params, seed, journal.path,
-                                         max_macs=plan.max_macs),
+                                         cap=plan.cap),
                 max_concurrent_trials=workers.concurrency, time_budget_s=plan.search_s + 5.0,
                 reuse_actors=True,
             ),

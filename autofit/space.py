@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from autofit import models
+from autofit.budget import ComputeCap
 from autofit.errors import BudgetError, UsageError, one_line
 from autofit.models import DataShape
 
@@ -49,6 +50,11 @@ class Choice(BaseModel):
 
     def values(self) -> list[Value]:
         return list(self.choices)
+
+    def admits(self, value: Value) -> bool:
+        return any(value == c and type(value) is type(c) or
+                   isinstance(c, float) and isinstance(value, int) and value == c
+                   for c in self.choices)
 
     def sample(self, rng: np.random.Generator) -> Value:
         return self.choices[int(rng.integers(len(self.choices)))]
@@ -77,6 +83,13 @@ class Range(BaseModel):
             raise ValueError("a range without step has no finite list of values")
         count = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
         return [_tidy(self.low + i * self.step) for i in range(count)]
+
+    def admits(self, value: Value) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if self.step is not None:
+            return any(math.isclose(value, v) for v in self.values())  # type: ignore[arg-type]
+        return self.low <= value <= self.high
 
     def sample(self, rng: np.random.Generator) -> Value:
         if self.step is not None:
@@ -190,18 +203,32 @@ class Fill(BaseModel):
         return [self.knob] if isinstance(self.knob, str) else list(self.knob)
 
 
+class First(BaseModel):
+    """`first:` the configuration the search trains first: a strong prior (a known-good
+    recipe) rather than a random draw. ASHA runs the first trial to its full length, and the
+    refit starts from the winner's weights, so when the prior wins, none of its search time
+    is lost. It is fitted to the caps like any draw; the fill knob may be left to fill."""
+
+    model_config = ConfigDict(extra="forbid")
+    family: str
+    arch: dict[str, int] = {}
+    training: dict[str, Value]
+
+
 class SearchSpace(BaseModel):
     model_config = ConfigDict(extra="forbid")
     families: dict[str, dict[str, Knob]]
     fit_order: list[str] = ["width", "depth"]
     fill: Fill | None = None
     training: dict[str, Knob]
+    first: First | None = None
     # How draws are made: seeded random sampling, or Optuna's TPE learning from the trials so
     # far (autofit/tpe.py). Random stays the default until a benchmark says otherwise.
     searcher: Literal["random", "tpe"] = "random"
     source: str = "<memory>"
     # Exact counts already made: a fill search counts the same few models again and again.
     _counts: dict[tuple[object, ...], int] = PrivateAttr(default_factory=dict)
+    _work_counts: dict[tuple[object, ...], tuple[int, int]] = PrivateAttr(default_factory=dict)
 
     @field_validator("fill")
     @classmethod
@@ -249,7 +276,28 @@ class SearchSpace(BaseModel):
                 if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
                     raise ValueError(f"{family}.{name} must take integer values")
         _check_training(self.training)
+        if self.first is not None:
+            self._check_first(self.first)
         return self
+
+    def _check_first(self, first: First) -> None:
+        if first.family not in self.families:
+            raise ValueError(f"first.family {first.family!r} is not a family of this space "
+                             f"({', '.join(self.families)})")
+        knobs = self.families[first.family]
+        fill = self._fill_knob(first.family)
+        for where, given, wanted, optional in (
+                ("arch", first.arch, knobs, fill), ("training", first.training, self.training,
+                                                    None)):
+            unknown = sorted(set(given) - set(wanted))
+            missing = sorted(set(wanted) - set(given) - {optional})
+            if unknown or missing:
+                raise ValueError(f"first.{where} must set each knob of the space once "
+                                 f"(unknown: {unknown or 'none'}, missing: {missing or 'none'})")
+            for name, value in given.items():
+                if not wanted[name].admits(value):
+                    raise ValueError(f"first.{where}.{name}: {value!r} is outside the space's "
+                                     f"knob")
 
     @classmethod
     def load(cls, path: Path) -> SearchSpace:
@@ -269,15 +317,27 @@ class SearchSpace(BaseModel):
 
     def configure(self, family: str, drawn: dict[str, int], training: dict[str, Value],
                   shape: DataShape, max_params: int, target: int | None = None,
-                  max_macs: int | None = None) -> TrialConfig | None:
+                  cap: ComputeCap | None = None) -> TrialConfig | None:
         """Knob values drawn elsewhere (a model-based searcher: autofit/tpe.py) as one
         configuration, fitted as `sample` fits its own draws; None when nothing fits."""
-        fitted = self.fit(family, drawn, shape, max_params, target, max_macs)
+        fitted = self.fit(family, drawn, shape, max_params, target, cap)
         if fitted is None:
             return None
         arch, params = fitted
         return TrialConfig(family=family, arch=arch, recipe=Recipe(**training), params=params,
-                           macs=self._macs(family, arch, shape))
+                           macs=self._work(family, arch, shape)[0])
+
+    def first_config(self, shape: DataShape, max_params: int,
+                     cap: ComputeCap | None = None) -> TrialConfig | None:
+        """The `first:` configuration fitted to the caps (filled to the parameter cap, then
+        narrowed to the compute cap); None when the space has none or it cannot fit."""
+        if self.first is None:
+            return None
+        first = self.first
+        drawn = {name: int(first.arch.get(name, max(knob.values())))
+                 for name, knob in self.families[first.family].items()}
+        return self.configure(first.family, drawn, dict(first.training), shape, max_params,
+                              max_params, cap)
 
     def smallest(self, shape: DataShape) -> tuple[str, dict[str, int], int]:
         """The smallest model the space can build: the floor any parameter cap must clear."""
@@ -298,24 +358,23 @@ class SearchSpace(BaseModel):
             )
 
     def sample(self, rng: np.random.Generator, shape: DataShape, max_params: int,
-               tries: int = 100, max_macs: int | None = None) -> TrialConfig:
+               tries: int = 100, cap: ComputeCap | None = None) -> TrialConfig:
         """Draw one configuration whose model fits `max_params`, shrinking it if needed.
 
-        `max_macs` is a compute cap as well (what the time budget affords: see budget.Plan);
+        `cap` is a compute cap as well (what the time budget affords: see budget.Plan);
         when no draw meets it, it is dropped: the search then gets the cheapest models the
         space has rather than none."""
         training = {name: knob.sample(rng) for name, knob in self.training.items()}
-        for attempt in range(2 * tries if max_macs is not None else tries):
+        for attempt in range(2 * tries if cap is not None else tries):
             if attempt == tries:
-                max_macs = None
+                cap = None
             family = list(self.families)[int(rng.integers(len(self.families)))]
             drawn = {name: int(knob.sample(rng)) for name, knob in self.families[family].items()}
             target = None
             if self.fill is not None:  # drawn only with fill: spaces without keep their stream
                 low = math.log(self.fill.low * max_params)
                 target = int(math.exp(rng.uniform(low, math.log(max_params))))
-            config = self.configure(family, drawn, training, shape, max_params, target,
-                                    max_macs)
+            config = self.configure(family, drawn, training, shape, max_params, target, cap)
             if config is not None:
                 return config
         self.check_fits(shape, max_params)
@@ -324,13 +383,13 @@ class SearchSpace(BaseModel):
 
     def fit(self, family: str, drawn: dict[str, int], shape: DataShape, max_params: int,
             target: int | None = None,
-            max_macs: int | None = None) -> tuple[dict[str, int], int] | None:
+            cap: ComputeCap | None = None) -> tuple[dict[str, int], int] | None:
         """Largest model at or below the drawn knobs that fits, shrinking `fit_order` knobs
         (the first one fastest); None when even their smallest values are over the cap.
 
         With `fill`, the family's fill knob is not shrunk from its drawn value but chosen
         afresh at each step of the others to land near `target` (default: the cap). With
-        `max_macs`, a model must also cost at most that many MACs per image."""
+        `cap`, a model must also be cheap enough to train."""
         knob = self._fill_knob(family)
         order = [k for k in self.fit_order if k in drawn and k != knob]
         ladders = [
@@ -341,26 +400,26 @@ class SearchSpace(BaseModel):
             arch = {**drawn, **dict(zip(reversed(order), combo, strict=True))}
             if knob is not None:
                 filled = self._fill(family, arch, knob, shape, max_params, target or max_params)
-                if filled is not None and max_macs is not None:
-                    filled = self._cheaper(family, *filled, knob, shape, max_macs)
+                if filled is not None and cap is not None:
+                    filled = self._cheaper(family, *filled, knob, shape, cap)
                 if filled is not None:
                     return filled
                 continue
             params = self._count(family, arch, shape)
-            if params <= max_params and (max_macs is None or
-                                         self._macs(family, arch, shape) <= max_macs):
+            if params <= max_params and (cap is None or
+                                         cap.allows(self._work(family, arch, shape))):
                 return arch, params
         return None
 
     def _cheaper(self, family: str, arch: dict[str, int], params: int, knob: str,
-                 shape: DataShape, max_macs: int) -> tuple[dict[str, int], int] | None:
-        """`arch` with its fill knob lowered until the model costs at most `max_macs`;
+                 shape: DataShape, cap: ComputeCap) -> tuple[dict[str, int], int] | None:
+        """`arch` with its fill knob lowered until the model is cheap enough for `cap`;
         lowering it only lowers the parameter count, so the cap still holds."""
         values = sorted((int(v) for v in self.families[family][knob].values()
                          if v <= arch[knob]), reverse=True)
         for value in values:
             candidate = {**arch, knob: value}
-            if self._macs(family, candidate, shape) <= max_macs:
+            if cap.allows(self._work(family, candidate, shape)):
                 return candidate, self._count(family, candidate, shape)
         return None
 
@@ -403,11 +462,11 @@ class SearchSpace(BaseModel):
             self._counts[key] = models.count_for(family, arch, shape)
         return self._counts[key]
 
-    def _macs(self, family: str, arch: dict[str, int], shape: DataShape) -> int:
-        key = ("macs", *_count_key(family, arch, shape))
-        if key not in self._counts:
-            self._counts[key] = models.count_macs(family, arch, shape)
-        return self._counts[key]
+    def _work(self, family: str, arch: dict[str, int], shape: DataShape) -> tuple[int, int]:
+        key = _count_key(family, arch, shape)
+        if key not in self._work_counts:
+            self._work_counts[key] = models.count_work(family, arch, shape)
+        return self._work_counts[key]
 
 
 def _boundary(values: list[int], count: Callable[[int], int], target: int,

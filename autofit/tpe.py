@@ -28,6 +28,7 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState, create_trial
 
+from autofit.budget import ComputeCap
 from autofit.errors import BudgetError
 from autofit.models import DataShape
 from autofit.space import Choice, Range, SearchSpace, TrialConfig, Value
@@ -64,10 +65,10 @@ class TpeSampler:
     """Draws configurations with a TPE study and learns from each finished trial."""
 
     def __init__(self, space: SearchSpace, shape: DataShape, max_params: int, seed: int,
-                 max_macs: int | None = None, history: list[dict[str, Any]] | None = None,
+                 cap: ComputeCap | None = None, history: list[dict[str, Any]] | None = None,
                  ) -> None:
         self.space, self.shape, self.max_params, self.seed = space, shape, max_params, seed
-        self.max_macs = max_macs
+        self.cap = cap
         # One entry per suggested trial, in order: its Tune id, params and distributions, and
         # (once told) its state and value. A restored study is rebuilt from this alone.
         self.history: list[dict[str, Any]] = list(history or [])
@@ -75,7 +76,7 @@ class TpeSampler:
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles its searcher with the tuner
         return {"space": self.space, "shape": self.shape, "max_params": self.max_params,
-                "seed": self.seed, "max_macs": self.max_macs, "history": self.history}
+                "seed": self.seed, "cap": self.cap, "history": self.history}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)  # type: ignore[misc]
@@ -111,9 +112,9 @@ class TpeSampler:
         """The next configuration, fitted to the caps. A draw that no shrinking can fit is told
         failed (not kept in the history) and drawn again; as in `SearchSpace.sample`, the
         compute cap is dropped when no draw meets it."""
-        for attempt in range(2 * TRIES if self.max_macs is not None else TRIES):
+        for attempt in range(2 * TRIES if self.cap is not None else TRIES):
             trial = self._study.ask()
-            config = self._configure(trial, self.max_macs if attempt < TRIES else None)
+            config = self._configure(trial, self.cap if attempt < TRIES else None)
             if config is None:
                 self._study.tell(trial, state=TrialState.FAIL)
                 continue
@@ -128,7 +129,7 @@ class TpeSampler:
         raise BudgetError(f"no model fitting --max-params {self.max_params:,} was drawn from "
                           f"{self.space.source} in {TRIES} tries")
 
-    def _configure(self, trial: optuna.Trial, max_macs: int | None) -> TrialConfig | None:
+    def _configure(self, trial: optuna.Trial, cap: ComputeCap | None) -> TrialConfig | None:
         """The trial's draw as a fitted configuration, or None when it cannot fit the cap."""
         space = self.space
         training = {name: _value(knob, _suggest(trial, f"training.{name}", knob))
@@ -144,7 +145,7 @@ class TpeSampler:
             share = trial.suggest_float(f"{family}.fill", space.fill.low, 1.0, log=True)
             target = int(share * self.max_params)
         return space.configure(family, drawn, training, self.shape, self.max_params, target,
-                               max_macs)
+                               cap)
 
     def tell(self, trial_id: str, value: float | None, state: str = "COMPLETE") -> None:
         """A finished trial's score (`COMPLETE`), or `PRUNED` (diverged) or `FAIL` (errored).

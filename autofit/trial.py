@@ -165,7 +165,7 @@ def train(model: nn.Module, loader: Loader, recipe: Recipe, *, stop_at: float,
     pending = sorted(m for m in milestones if c.train_s < m < total_seconds)
     state, last = "running", None
     model.train()
-    began, eval_s, trained_before, seen_before = time.perf_counter(), 0.0, c.train_s, c.seen
+    began, paused_s, trained_before, seen_before = time.perf_counter(), 0.0, c.train_s, c.seen
     saved_at, step_s = time.time(), 0.0
 
     def forward_backward(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -194,14 +194,14 @@ def train(model: nn.Module, loader: Loader, recipe: Recipe, *, stop_at: float,
         return state if ema is None else {**state, "ema": ema.state}
 
     def snapshot(final_state: str) -> Progress:
-        nonlocal eval_s
+        nonlocal paused_s
         acc, val_images = math.nan, 0
         if val is not None:
             tick = time.perf_counter()
             eval_until = min(stop_at, time.time() + eval_limit())
             with ema.applied(model) if ema is not None else contextlib.nullcontext():
                 acc, c.eval_rate, val_images = evaluate(model, val, eval_until)
-            eval_s += time.perf_counter() - tick
+            paused_s += time.perf_counter() - tick
         p = Progress(val_accuracy=acc, val_images=val_images, train_seconds=round(c.train_s, 3),
                      epoch=round(c.seen / len(loader.images), 4), steps=c.steps,
                      images_per_s=(c.seen - seen_before) / max(c.train_s - trained_before, 1e-9),
@@ -239,7 +239,7 @@ def train(model: nn.Module, loader: Loader, recipe: Recipe, *, stop_at: float,
                 loader = loader.rebatched(c.batch_size)
                 break  # the next pass of the while loop iterates the smaller batches
             value = loss.item()
-            train_s = trained_before + time.perf_counter() - began - eval_s  # data included
+            train_s = trained_before + time.perf_counter() - began - paused_s  # data included
             step_s, c.train_s = train_s - c.train_s, train_s
             c.steps, c.seen = c.steps + 1, c.seen + len(y)
             c.loss_sum, c.loss_n = c.loss_sum + value, c.loss_n + 1
@@ -252,7 +252,9 @@ def train(model: nn.Module, loader: Loader, recipe: Recipe, *, stop_at: float,
                 pending = [m for m in pending if m > c.train_s]
                 last = snapshot("running")
             if save is not None and time.time() - saved_at >= save_every_s:
+                tick = time.perf_counter()
                 save(full_state())
+                paused_s += time.perf_counter() - tick  # not training time, nor a step's
                 saved_at = time.time()
         else:
             if val is not None:

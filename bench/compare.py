@@ -23,8 +23,8 @@ one still running `KILL_GRACE` past it is killed and recorded so. Contenders:
      net that gets fewer is undertrained, a narrower one that gets more underfits less than
      it loses). With no width meeting N, the narrowest.
   c  autofit with random search: as a, with `searcher: random` written into a copy of the
-     space file (the searcher option's key); skipped, and recorded so, where autofit does not
-     accept the key yet.
+     space file (the searcher option's key) and its `first:` prior removed, so every trial
+     is a random draw; skipped, and recorded so, where autofit does not accept the key.
   d  torchvision ResNet-18 for 32x32 (3x3 stride-1 stem, no max-pool; 11.2M params: over the
      cap, recorded so), SGD lr 0.1 momentum 0.9 wd 5e-4, cosine over the budget's time, crop +
      flip, by autofit's loop and loader, normalised inside the model (autofit's Classifier).
@@ -42,7 +42,6 @@ import copy
 import json
 import math
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -130,15 +129,18 @@ def ended(record: dict[str, Any], done: Finished) -> dict[str, Any]:
 
 
 def random_space(space: str, folder: Path) -> Path:
-    """A copy of the space file with `searcher: random` at its top level, comments kept."""
+    """A copy of the space file with `searcher: random` and no `first:` prior: plain random
+    draws with autofit's trainer and budget split."""
+    import yaml
+
     from autofit.presets import preset
 
-    text = preset("search_spaces", space).read_text()
-    line = f"{SEARCHER_KEY}: random  # bench/compare.py contender c: random search"
-    pattern = re.compile(rf"^{SEARCHER_KEY}\s*:.*$", re.MULTILINE)
-    text = pattern.sub(line, text) if pattern.search(text) else f"{text.rstrip()}\n{line}\n"
+    raw = yaml.safe_load(preset("search_spaces", space).read_text())
+    raw[SEARCHER_KEY] = "random"
+    raw.pop("first", None)
     path = folder / f"space-{Path(space).stem}-random.yaml"
-    path.write_text(text)
+    path.write_text("# bench/compare.py contender c: random search, no prior\n" +
+                    yaml.safe_dump(raw, sort_keys=False))
     return path
 
 

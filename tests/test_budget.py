@@ -41,7 +41,7 @@ def test_budget_accepts_float_minutes_and_tolerance():
 
 def test_default_preset_loads_and_flags_override():
     path = preset("budgets", "default")
-    assert Budget.from_yaml(path) == Budget(minutes=10, max_params="2M", search_share=0.6)
+    assert Budget.from_yaml(path) == Budget(minutes=10, max_params="2M", search_share="auto")
     assert Budget.from_yaml(path, minutes="2", max_params=None).minutes == 2
 
 
@@ -67,7 +67,7 @@ def test_clock_phases_tile_the_run():
 
 
 def test_plan_splits_what_is_left_and_refuses_too_little():
-    budget = Budget(minutes=1)
+    budget = Budget(minutes=1, search_share=0.6)
     clock = Clock(budget.seconds)
     plan = Plan.make(budget, clock, n_test=100)
     assert plan.search_s + plan.refit_s + plan.final_reserve_s == pytest.approx(60, abs=0.1)

@@ -96,7 +96,7 @@ def test_budgets_lists_the_shipped_presets_and_flags_override_them():
 def test_spaces_lists_each_space_with_its_families():
     result = CliRunner().invoke(app, ["spaces"])
     assert result.exit_code == 0
-    assert result.stdout.splitlines()[1].split()[:2] == ["default", "resnet"]
+    assert result.stdout.splitlines()[1].split()[:3] == ["default", "fastnet,", "resnet"]
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -62,7 +62,7 @@ def test_kill_nine_twice_then_resume_loses_nothing(flat_folder: Path, tmp_path: 
 
     proc = _start(["--resume", str(out)])
     _wait_for(log, r"search: resuming the Ray Tune experiment", proc)
-    _wait_for(log, r"refit: .* planned", proc)
+    _wait_for(log, r"refit: .* train\+val images for", proc)
     end = time.time() + 30
     while not (out / "refit.pt").exists() and time.time() < end:  # its first saved state
         assert proc.poll() is None, f"finished before the refit saved a state: {log.read_text()}"
@@ -89,6 +89,41 @@ def test_kill_nine_twice_then_resume_loses_nothing(flat_folder: Path, tmp_path: 
     text = log.read_text()
     assert "refit: resuming" in text
     assert not (out / "refit.pt").exists()
+
+
+def test_kill_during_the_report_resumes_into_the_report_alone(flat_folder: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch):
+    out = tmp_path / "run"
+    monkeypatch.setenv("AUTOFIT_FAULTS", "kill@report")  # after the test pass, as a crash
+    proc = _start(["--data", str(flat_folder), "--minutes", "0.6", "--max-params", "100k",
+                   "--out", str(out)])
+    proc.wait(timeout=120)
+    os.killpg(proc.pid, signal.SIGKILL)  # Ray's processes, as a crash leaves them
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "report.html").exists()
+    assert json.loads((out / "journal.json").read_text())["status"] == "tested"
+    scored = json.loads((out / "summary.json").read_text())
+    model = (out / "model.onnx").read_bytes()
+
+    monkeypatch.delenv("AUTOFIT_FAULTS")
+    proc = _start(["--resume", str(out)])
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stdout + stderr
+    for name in (*ARTIFACTS, "report.html", "events.jsonl"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["resumes"] == 1
+    assert summary["test_accuracy"] == scored["test_accuracy"]
+    assert summary["phases"]["report"] > 0 and summary["elapsed_s"] >= scored["elapsed_s"]
+    assert (out / "model.onnx").read_bytes() == model  # not exported again
+    text = (out / "run.log").read_text()
+    assert "after its test pass; rendering the report" in text
+    assert "data: " not in text.split("after its test pass")[1]  # no data loaded again
+    assert json.loads((out / "journal.json").read_text())["status"] == "finished"
+    with pytest.raises(subprocess.CalledProcessError):  # and now it is finished for good
+        subprocess.run([sys.executable, "-m", "autofit", "run", "--resume", str(out)],
+                       check=True, capture_output=True, timeout=60)
 
 
 def _searching(flat_folder: Path, out: Path) -> subprocess.Popen[str]:

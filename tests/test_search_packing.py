@@ -69,8 +69,9 @@ def test_candidates_are_the_heaviest_trials_within_the_cap(space: SearchSpace):
     assert all(c.recipe.optimizer == "adam" and c.recipe.ema for c in configs)
     assert all(c.params <= 300_000 for c in configs)
     assert all(c.params == models.count_for(c.family, c.arch, CIFAR) for c in configs)
-    largest = configs[0]  # every knob at its top, fitted: the deepest model under the cap
-    assert largest.arch["depth"] == 32
+    assert [c.family for c in configs[:2]] == list(space.families)  # each family's largest
+    largest = configs[1]  # every knob at its top, fitted: the deepest ResNet under the cap
+    assert largest.family == "resnet" and largest.arch["depth"] == 32
     assert {c.recipe.batch_size for c in candidates(Probe(space, CIFAR, 300_000,
                                                           train_images=100))} == {100}
 

@@ -122,8 +122,10 @@ def test_random_searcher_is_unchanged(tmp_path: Path):
     assert space.searcher == "random"
     searcher = SpaceSearcher(space, CIFAR, 200_000, 7, _journal(tmp_path))
     assert searcher.tpe is None
-    rng = np.random.default_rng(7)
-    for i in range(3):
+    first = space.first_config(CIFAR, 200_000)
+    assert first is not None and searcher.suggest("t0") == {**first.model_dump(), TRIAL_KEY: 1}
+    rng = np.random.default_rng(7)  # the prior takes no draw: the seeded stream is unchanged
+    for i in range(1, 4):
         config = searcher.suggest(f"t{i}")
         assert config == {**space.sample(rng, CIFAR, 200_000).model_dump(), TRIAL_KEY: i + 1}
 

@@ -49,27 +49,37 @@ def count_params(family: str, arch: Mapping[str, int], in_channels: int, num_cla
 
 
 def count_macs(family: str, arch: Mapping[str, int], shape: DataShape) -> int:
-    """Multiply-accumulates of one image's forward pass (convolutions and linear layers), from
-    a forward pass on the meta device: what a model costs to train, known before it trains,
-    as its parameter count is. Training a batch costs about three forward passes."""
+    """Multiply-accumulates of one image's forward pass (convolutions and linear layers)."""
+    return count_work(family, arch, shape)[0]
+
+
+def count_work(family: str, arch: Mapping[str, int], shape: DataShape) -> tuple[int, int]:
+    """(MACs, activations) of one image's forward pass, from a forward pass on the meta
+    device: what a model costs to train, known before it trains, as its parameter count is.
+
+    MACs alone mis-time models on a CPU by up to 2x: narrow and deep nets are bound by memory
+    traffic (batch norm, activations, pooling), which grows with the values every layer
+    writes, not with its arithmetic. autofit/probe.py prices both."""
     with torch.device("meta"):
         net = build(family, arch, shape.channels, shape.num_classes, shape.size).eval()
-    total = 0
+    macs = acts = 0
 
     def add(module: nn.Module, inputs: object, out: Tensor) -> None:
-        nonlocal total
+        nonlocal macs, acts
+        if isinstance(out, Tensor):
+            acts += out.numel()
         if isinstance(module, nn.Conv2d):
             kernel = module.kernel_size[0] * module.kernel_size[1]
-            total += out.numel() * module.in_channels // module.groups * kernel
+            macs += out.numel() * module.in_channels // module.groups * kernel
         elif isinstance(module, nn.Linear):
-            total += module.in_features * module.out_features
+            macs += module.in_features * module.out_features
 
     for module in net.modules():
-        if isinstance(module, nn.Conv2d | nn.Linear):
+        if not any(True for _ in module.children()):
             module.register_forward_hook(add)
     with torch.no_grad():
         net(torch.empty(1, shape.channels, shape.height, shape.width, device="meta"))
-    return total
+    return macs, acts
 
 
 class Classifier(nn.Module):
