@@ -334,10 +334,36 @@ class SearchSpace(BaseModel):
         if self.first is None:
             return None
         first = self.first
+        knobs = self.families[first.family]
         drawn = {name: int(first.arch.get(name, max(knob.values())))
-                 for name, knob in self.families[first.family].items()}
-        return self.configure(first.family, drawn, dict(first.training), shape, max_params,
-                              max_params, cap)
+                 for name, knob in knobs.items()}
+        config = self.configure(first.family, drawn, dict(first.training), shape, max_params,
+                                max_params, cap)
+        fill = self._fill_knob(first.family)
+        if config is None and cap is not None and fill is not None:  # the prior, narrowest
+            config = self._config(first.family, {**drawn, fill: int(min(knobs[fill].values()))},
+                                  dict(first.training), shape, max_params)
+        return config
+
+    def cheapest(self, training: dict[str, Value], shape: DataShape, max_params: int,
+                 cap: ComputeCap) -> TrialConfig | None:
+        """The space's cheapest model to train (every knob of a family at its smallest, the
+        family costing least at `cap`'s prices) with `training`: what the search tries when
+        nothing the budget affords can be drawn, rather than anything at all."""
+        candidates = []
+        for family, knobs in self.families.items():
+            arch = {name: int(min(knob.values())) for name, knob in knobs.items()}
+            candidates.append((cap.cost.seconds(self._work(family, arch, shape)), family, arch))
+        _, family, arch = min(candidates, key=lambda c: c[0])
+        return self._config(family, arch, training, shape, max_params)
+
+    def _config(self, family: str, arch: dict[str, int], training: dict[str, Value],
+                shape: DataShape, max_params: int) -> TrialConfig | None:
+        params = self._count(family, arch, shape)
+        if params > max_params:
+            return None
+        return TrialConfig(family=family, arch=arch, recipe=Recipe(**training), params=params,
+                           macs=self._work(family, arch, shape)[0])
 
     def smallest(self, shape: DataShape) -> tuple[str, dict[str, int], int]:
         """The smallest model the space can build: the floor any parameter cap must clear."""
@@ -362,12 +388,9 @@ class SearchSpace(BaseModel):
         """Draw one configuration whose model fits `max_params`, shrinking it if needed.
 
         `cap` is a compute cap as well (what the time budget affords: see budget.Plan);
-        when no draw meets it, it is dropped: the search then gets the cheapest models the
-        space has rather than none."""
+        when no draw meets it, the search gets the cheapest model the space has."""
         training = {name: knob.sample(rng) for name, knob in self.training.items()}
-        for attempt in range(2 * tries if cap is not None else tries):
-            if attempt == tries:
-                cap = None
+        for _ in range(tries):
             family = list(self.families)[int(rng.integers(len(self.families)))]
             drawn = {name: int(knob.sample(rng)) for name, knob in self.families[family].items()}
             target = None
@@ -377,6 +400,9 @@ class SearchSpace(BaseModel):
             config = self.configure(family, drawn, training, shape, max_params, target, cap)
             if config is not None:
                 return config
+        cheapest = self.cheapest(training, shape, max_params, cap) if cap is not None else None
+        if cheapest is not None:
+            return cheapest
         self.check_fits(shape, max_params)
         raise BudgetError(f"no model fitting --max-params {max_params:,} was drawn from "
                           f"{self.source} in {tries} tries")

@@ -111,10 +111,10 @@ class TpeSampler:
     def suggest(self, trial_id: str) -> TrialConfig:
         """The next configuration, fitted to the caps. A draw that no shrinking can fit is told
         failed (not kept in the history) and drawn again; as in `SearchSpace.sample`, the
-        compute cap is dropped when no draw meets it."""
-        for attempt in range(2 * TRIES if self.cap is not None else TRIES):
+        space's cheapest model is taken when no draw meets the compute cap."""
+        for attempt in range(TRIES + 1 if self.cap is not None else TRIES):
             trial = self._study.ask()
-            config = self._configure(trial, self.cap if attempt < TRIES else None)
+            config = self._configure(trial, self.cap, cheapest=attempt == TRIES)
             if config is None:
                 self._study.tell(trial, state=TrialState.FAIL)
                 continue
@@ -129,11 +129,15 @@ class TpeSampler:
         raise BudgetError(f"no model fitting --max-params {self.max_params:,} was drawn from "
                           f"{self.space.source} in {TRIES} tries")
 
-    def _configure(self, trial: optuna.Trial, cap: ComputeCap | None) -> TrialConfig | None:
-        """The trial's draw as a fitted configuration, or None when it cannot fit the cap."""
+    def _configure(self, trial: optuna.Trial, cap: ComputeCap | None,
+                   cheapest: bool = False) -> TrialConfig | None:
+        """The trial's draw as a fitted configuration, or None when it cannot fit the caps;
+        with `cheapest`, its training knobs on the space's cheapest model."""
         space = self.space
         training = {name: _value(knob, _suggest(trial, f"training.{name}", knob))
                     for name, knob in space.training.items()}
+        if cheapest and cap is not None:
+            return space.cheapest(training, self.shape, self.max_params, cap)
         family = str(trial.suggest_categorical(FAMILY, list(space.families)))
         knobs = space.families[family]
         fill = next((n for n in space.fill.names() if n in knobs), None) if space.fill else None

@@ -131,8 +131,20 @@ def test_samples_respect_both_caps_and_still_use_the_parameter_budget(space_name
         assert config.macs == work[0] and cap.allows(work)
 
 
-def test_a_compute_cap_below_every_model_falls_back_to_the_parameter_cap_alone():
+def test_a_compute_cap_below_every_model_gives_the_cheapest_model():
+    """A budget too short for any model (CIFAR-10 in 2 minutes on 2 cores) trains the
+    cheapest one, and the prior at its narrowest, not any draw of the parameter cap."""
     space = SearchSpace.load(preset("search_spaces", "default"))
     cap = ComputeCap(cost=COST, max_image_s=1e-9)
-    config = space.sample(np.random.default_rng(0), CIFAR, 2_000_000, cap=cap)
-    assert config.params <= 2_000_000 and config.macs > 1
+    smallest = {family: {k: int(min(v.values())) for k, v in knobs.items()}
+                for family, knobs in space.families.items()}
+    cost = {family: COST.seconds(models.count_work(family, arch, CIFAR))
+            for family, arch in smallest.items()}
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        config = space.sample(rng, CIFAR, 2_000_000, cap=cap)
+        assert config.family == min(cost, key=cost.get)
+        assert config.arch == smallest[config.family] and config.params <= 2_000_000
+    first = space.first_config(CIFAR, 2_000_000, cap)
+    assert first is not None and first.recipe.lr == 0.2
+    assert first.arch == {"width": 8, "depth": 2}
