@@ -162,7 +162,10 @@ EVAL_RATE_GUESS = 500.0  # images/s for the test pass before a trial has measure
 MIN_TRIAL_S = 2.0
 
 
-REFIT_SHARE = (0.3, 0.7)  # bounds of the refit's share of the trainable time when auto
+REFIT_SHARE = (0.3, 0.7)
+# The compute cap's floor on what the refit must afford, in images (about 1,000 steps of 256):
+# 10 epochs of a small set (1,438 digits) are too few steps to fit a 1M-parameter model.
+MIN_REFIT_IMAGES = 250_000  # bounds of the refit's share of the trainable time when auto
 
 
 class Cost(BaseModel):
@@ -219,7 +222,8 @@ class Plan(BaseModel):
     def make(cls, budget: Budget, clock: Clock, n_test: int, n_train: int = 0,
              cost: Cost | None = None, reduction_factor: int = 3, rungs: int = 3) -> Plan:
         """The split and, with a measured `cost`, the compute cap: a model whose refit on
-        `n_train` images could not see `budget.min_epochs` epochs in `refit_s` is not tried.
+        `n_train` images could not see `budget.min_epochs` epochs (and MIN_REFIT_IMAGES
+        images) in `refit_s` is not tried.
 
         With `search_share` auto, the refit gets the time the probe's mid-size model needs
         for `min_epochs` epochs, within REFIT_SHARE of the trainable time: where an epoch
@@ -249,7 +253,7 @@ class Plan(BaseModel):
         refit_s = trainable - search_s
         max_image_s = None
         if cost is not None and n_train and budget.min_epochs > 0:
-            max_image_s = refit_s / (budget.min_epochs * n_train)
+            max_image_s = refit_s / max(budget.min_epochs * n_train, MIN_REFIT_IMAGES)
         return cls(cost=cost, max_image_s=max_image_s, search_share=round(share, 3),
                    split=split, budget_s=budget.seconds, setup_s=round(clock.elapsed(), 3),
                    search_s=round(search_s, 3), trial_s=round(trial_s, 3),

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from autofit import models, probe
-from autofit.budget import Budget, Clock, ComputeCap, Cost, Plan
+from autofit.budget import MIN_REFIT_IMAGES, Budget, Clock, ComputeCap, Cost, Plan
 from autofit.models import DataShape
 from autofit.presets import preset
 from autofit.space import SearchSpace
@@ -98,6 +98,8 @@ def test_the_plan_caps_compute_so_the_refit_affords_min_epochs():
     off = Budget(minutes=10, max_params="2M", min_epochs=0)
     assert Plan.make(off, Clock(off.seconds), 10_000, n_train=50_000, cost=COST).cap is None
     assert Plan.make(budget, Clock(budget.seconds), 10_000).cap is None  # no probe
+    small = Plan.make(budget, Clock(budget.seconds), 300, n_train=1_400, cost=COST)
+    assert small.max_image_s == pytest.approx(small.refit_s / MIN_REFIT_IMAGES)  # 1,000 steps
 
 
 def test_the_split_follows_the_cost_of_an_epoch():
