@@ -162,10 +162,10 @@ EVAL_RATE_GUESS = 500.0  # images/s for the test pass before a trial has measure
 MIN_TRIAL_S = 2.0
 
 
-REFIT_SHARE = (0.3, 0.7)
+REFIT_SHARE = (0.3, 0.7)  # bounds of the refit's share of the trainable time when auto
 # The compute cap's floor on what the refit must afford, in images (about 1,000 steps of 256):
 # 10 epochs of a small set (1,438 digits) are too few steps to fit a 1M-parameter model.
-MIN_REFIT_IMAGES = 250_000  # bounds of the refit's share of the trainable time when auto
+MIN_REFIT_IMAGES = 250_000
 
 
 class Cost(BaseModel):

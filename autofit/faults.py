@@ -5,9 +5,9 @@ The variable lists faults as `KIND@WHERE`, comma-separated, e.g. `raise@1,nan@2,
 `raise`, `nan`, `oom` (at the trial's first batch size only), `oom-always` and `kill` (SIGKILL
 of the worker) hit the training forward pass of trial number WHERE (`*`: every trial);
 `enospc@export` makes the final ONNX export fail as a full disk would; `kill@report` SIGKILLs
-the run itself as its report phase begins. The faults are real
-events inside real runs (a raised error, NaN logits, torch's OOM error, a killed process),
-injected from outside the code under test through a forward hook.
+the run itself as its report phase begins. The faults are real events inside real runs (a
+raised error, NaN logits, torch's OOM error, a killed process), injected from outside the
+code under test through a forward hook.
 """
 
 from __future__ import annotations

@@ -118,8 +118,8 @@ def refit(dataset: Dataset, best: TrialRecord, *, stop_at: float, device: str, t
 
     start = time.time()
     final = train(model, loader, recipe, stop_at=stop_at, total_seconds=SCHEDULE_SHARE * seconds,
-                  resume=resume,
-                  save=save, save_every_s=min(SAVE_EVERY_S, max(1.0, seconds / 10)))
+                  resume=resume, save=save,
+                  save_every_s=min(SAVE_EVERY_S, max(1.0, seconds / 10)))
     info = RefitInfo(seconds_planned=round(seconds, 3),
                      epochs_planned=None if epochs_planned is None else round(epochs_planned, 3),
                      epochs=final.epoch, steps=final.steps,

@@ -241,8 +241,7 @@ def _run(args: RunArgs, clock: Clock, journal: Journal, log: logging.Logger) -> 
     threads = os.cpu_count() or 1
     budget, seed, out_dir = args.budget, args.seed, journal.run_dir
     resumed = bool(clock.spent_before)
-    start = {"t": clock.spent_before, "version": __version__, "run_dir": str(out_dir),
-             "budget_s": budget.seconds, "max_params": budget.max_params, "resumed": resumed}
+    start = _start_fields(clock, out_dir, budget.seconds, budget.max_params)
     if resumed:
         emit(log, "start", "autofit %s: resuming %s with %.1fs of %.0fs left (phase %s when it "
              "stopped)", __version__, out_dir, clock.left(), budget.seconds,
@@ -351,6 +350,14 @@ def _finish(journal: Journal, clock: Clock, log: logging.Logger,
                      best_config=summary["best_config"], summary=summary)
 
 
+def _start_fields(clock: Clock, out_dir: Path, budget_s: float,
+                  max_params: int) -> dict[str, Any]:
+    """What a run's `start` event carries, in a first life or a resumed one."""
+    return {"t": clock.spent_before, "version": __version__, "run_dir": str(out_dir),
+            "budget_s": budget_s, "max_params": max_params,
+            "resumed": bool(clock.spent_before)}
+
+
 def _report_only(journal: Journal, clock: Clock, log: logging.Logger) -> RunResult:
     """The rest of a run killed after its test pass: the report, from the summary it wrote."""
     try:
@@ -360,9 +367,9 @@ def _report_only(journal: Journal, clock: Clock, log: logging.Logger) -> RunResu
                            f"({one_line(err)}); the model is {journal.run_dir / 'model.onnx'}"
                            ) from None
     emit(log, "start", "autofit %s: resuming %s after its test pass; rendering the report",
-         __version__, journal.run_dir, t=clock.spent_before, version=__version__,
-         run_dir=str(journal.run_dir), budget_s=summary["budget_s"],
-         max_params=summary["budget"]["max_params"], resumed=True)
+         __version__, journal.run_dir, **_start_fields(clock, journal.run_dir,
+                                                       summary["budget_s"],
+                                                       summary["budget"]["max_params"]))
     _phase(clock, log, "report")
     return _finish(journal, clock, log, summary)
 

@@ -321,11 +321,8 @@ class SearchSpace(BaseModel):
         """Knob values drawn elsewhere (a model-based searcher: autofit/tpe.py) as one
         configuration, fitted as `sample` fits its own draws; None when nothing fits."""
         fitted = self.fit(family, drawn, shape, max_params, target, cap)
-        if fitted is None:
-            return None
-        arch, params = fitted
-        return TrialConfig(family=family, arch=arch, recipe=Recipe(**training), params=params,
-                           macs=self._work(family, arch, shape)[0])
+        return None if fitted is None else \
+            self._config(family, fitted[0], training, shape, max_params)
 
     def first_config(self, shape: DataShape, max_params: int,
                      cap: ComputeCap | None = None) -> TrialConfig | None:
@@ -350,12 +347,14 @@ class SearchSpace(BaseModel):
         """The space's cheapest model to train (every knob of a family at its smallest, the
         family costing least at `cap`'s prices) with `training`: what the search tries when
         nothing the budget affords can be drawn, rather than anything at all."""
-        candidates = []
-        for family, knobs in self.families.items():
-            arch = {name: int(min(knob.values())) for name, knob in knobs.items()}
-            candidates.append((cap.cost.seconds(self._work(family, arch, shape)), family, arch))
-        _, family, arch = min(candidates, key=lambda c: c[0])
+        family, arch = min(self._floors().items(),
+                           key=lambda fa: cap.cost.seconds(self._work(*fa, shape)))
         return self._config(family, arch, training, shape, max_params)
+
+    def _floors(self) -> dict[str, dict[str, int]]:
+        """Each family's smallest model: every knob at its lowest value."""
+        return {family: {name: int(min(knob.values())) for name, knob in knobs.items()}
+                for family, knobs in self.families.items()}
 
     def _config(self, family: str, arch: dict[str, int], training: dict[str, Value],
                 shape: DataShape, max_params: int) -> TrialConfig | None:
@@ -367,12 +366,8 @@ class SearchSpace(BaseModel):
 
     def smallest(self, shape: DataShape) -> tuple[str, dict[str, int], int]:
         """The smallest model the space can build: the floor any parameter cap must clear."""
-        candidates = []
-        for family, family_knobs in self.families.items():
-            arch = {name: int(min(knob.values())) for name, knob in family_knobs.items()}
-            candidates.append((models.count_for(family, arch, shape), family, arch))
-        params, family, arch = min(candidates, key=lambda c: c[0])
-        return family, arch, params
+        family, arch = min(self._floors().items(), key=lambda fa: self._count(*fa, shape))
+        return family, arch, self._count(family, arch, shape)
 
     def check_fits(self, shape: DataShape, max_params: int) -> None:
         family, arch, params = self.smallest(shape)

@@ -57,7 +57,7 @@ def count_work(family: str, arch: Mapping[str, int], shape: DataShape) -> tuple[
     """(MACs, activations) of one image's forward pass, from a forward pass on the meta
     device: what a model costs to train, known before it trains, as its parameter count is.
 
-    MACs alone mis-time models on a CPU by up to 2x: narrow and deep nets are bound by memory
+    MACs alone mis-time models on a CPU by up to 4x: narrow and deep nets are bound by memory
     traffic (batch norm, activations, pooling), which grows with the values every layer
     writes, not with its arithmetic. autofit/probe.py prices both."""
     with torch.device("meta"):
