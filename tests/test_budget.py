@@ -1,4 +1,6 @@
 import math
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -6,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autofit.budget import Budget, Clock, Plan, parse_params
+from autofit.budget import Budget, Clock, Plan, parse_params, process_start_time
 from autofit.errors import UsageError
 from autofit.presets import preset
 
@@ -90,3 +92,15 @@ def test_any_option_text_is_a_budget_or_one_clear_error(value):
             assert f"--{field.replace('_', '-')}" in str(err) and "\n" not in str(err)
         else:
             assert budget.seconds >= 15 and 1 <= budget.max_params <= 10_000_000_000
+
+
+def test_process_start_time_is_when_the_process_began_to_the_tick():
+    """Start-up counts against the budget, and a resume's dead time is wall minus budget: both
+    need the start to the clock tick, not to the whole second of the boot time."""
+    before = time.time()
+    child = subprocess.run([sys.executable, "-c", "import time; t = time.time(); "
+                            "from autofit.budget import process_start_time as p; print(p(), t)"],
+                           capture_output=True, text=True, check=True)
+    started, first_line = map(float, child.stdout.split())
+    assert before - 0.05 <= started <= first_line
+    assert abs(process_start_time() - process_start_time()) < 1e-3
