@@ -460,10 +460,16 @@ def _search(journal: Journal, dataset: Dataset, space: SearchSpace, budget: Budg
     journal.set(search={"records": [r.as_dict() for r in outcome.records],
                         "overrun_s": outcome.overrun_s})
     write_leaderboard(out_dir / "leaderboard.csv", outcome.records)
-    best_record = outcome.best
+    best_record, top = outcome.best, outcome.top
     log.info("search: %d trials (ended %+.1fs from its deadline), best trial %d val_acc %.4f: "
              "%s", len(outcome.records), outcome.overrun_s, best_record.number,
              best_record.score, best_record.config.describe())
+    if top is not best_record:
+        log.info("search: trial %d's val_acc %.4f is within one standard error of it, and trial "
+                 "%d trained longer (%.1fs against %.1fs): a tie goes to the surer score",
+                 top.number, top.score, best_record.number,
+                 best_record.metrics.get("train_seconds", 0.0),
+                 top.metrics.get("train_seconds", 0.0))
     return outcome, plan
 
 

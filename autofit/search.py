@@ -82,8 +82,28 @@ class SearchOutcome:
     overrun_s: float  # how long after the search deadline Tune handed back (negative: before)
 
     @property
+    def top(self) -> TrialRecord:
+        """The highest validation accuracy (the leaderboard's first row)."""
+        return max(self.records, key=lambda r: (r.score, _trained(r)))
+
+    @property
     def best(self) -> TrialRecord:
-        return max(self.records, key=lambda r: (r.score, r.metrics.get("train_seconds", 0)))
+        """The winner: of the trials within one standard error of the top validation accuracy
+        (a difference the validation set cannot tell from noise), the one trained the longest:
+        its score is the surest and the refit continues more of its training. A 5-minute CIFAR
+        run had refitted a 0.71-epoch draw over the prior's full trial on 0.4352 against 0.4350
+        (71.9% against the prior's recipe at 78.2%)."""
+        top = self.top
+        images = float(top.metrics.get("val_images") or 0)
+        if top.score < 0 or images <= 0:
+            return top
+        noise = math.sqrt(top.score * (1 - top.score) / images)
+        ties = [r for r in self.records if r.score >= top.score - noise]
+        return max(ties, key=lambda r: (_trained(r), r.score))
+
+
+def _trained(record: TrialRecord) -> float:
+    return float(record.metrics.get("train_seconds") or 0.0)
 
 
 class SearchFailed(AutofitError):

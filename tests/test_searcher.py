@@ -17,7 +17,7 @@ from autofit import models
 from autofit.errors import UsageError
 from autofit.models import DataShape
 from autofit.presets import preset
-from autofit.search import SpaceSearcher
+from autofit.search import SearchOutcome, SpaceSearcher, TrialRecord
 from autofit.space import SearchSpace
 from autofit.trial import TRIAL_KEY
 
@@ -140,3 +140,24 @@ def test_invalid_searcher_is_one_clear_usage_error(tmp_path: Path):
     assert str(path) in str(info.value) and "\n" not in str(info.value).strip()
     path.write_text(text + "searcher: tpe\n")
     assert SearchSpace.load(path).searcher == "tpe"
+
+
+def test_a_tie_on_validation_noise_goes_to_the_trial_trained_longest():
+    """5,000 validation images tell accuracies apart only beyond about 0.7 points at 0.44: a
+    draw cut at 0.7 epochs does not displace a completed trial on 0.4352 against 0.4350."""
+    config = SearchSpace.load(preset("search_spaces", "default")).first_config(
+        DataShape(channels=3, height=32, width=32, num_classes=10), 2_000_000, None)
+
+    def record(number: int, acc: float, seconds: float, images: int = 5_000) -> TrialRecord:
+        return TrialRecord(number, f"t{number}", config, status="completed", metrics={
+            "val_accuracy": acc, "train_seconds": seconds, "val_images": images})
+
+    prior, draw = record(1, 0.4350, 17.2), record(2, 0.4352, 15.0)
+    outcome = SearchOutcome([prior, draw], 0.0)
+    assert outcome.top is draw and outcome.best is prior
+    clear = record(3, 0.4500, 15.0)  # three standard errors above: a real win
+    assert SearchOutcome([prior, draw, clear], 0.0).best is clear
+    few = SearchOutcome([record(1, 0.40, 17.2, images=50), record(2, 0.44, 5.0, images=50)], 0.0)
+    assert few.best.number == 1  # 50 images: 0.04 is well inside the noise (0.07)
+    failed = TrialRecord(4, "t4", config, status="error", error="boom")
+    assert SearchOutcome([failed, draw], 0.0).best is draw
