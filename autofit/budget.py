@@ -245,7 +245,7 @@ class Plan(BaseModel):
         is dear (CIFAR on a CPU) the refit gets most of it, where it is cheap (a small
         dataset, a GPU) the search does."""
         left = clock.left()
-        eval_rate = 1 / (EVAL_COST_SHARE * cost.reference_s) if cost else EVAL_RATE_GUESS
+        eval_rate = test_pass_rate(cost.reference_s) if cost else EVAL_RATE_GUESS
         reserve = final_reserve(n_test, eval_rate)
         trainable = left - reserve
         if trainable < 2 * MIN_TRIAL_S:
@@ -283,6 +283,11 @@ class Plan(BaseModel):
         if self.cost is None or self.max_image_s is None:
             return None
         return ComputeCap(cost=self.cost, max_image_s=self.max_image_s)
+
+
+def test_pass_rate(train_image_s: float) -> float:
+    """Test images per second predicted from a model's training seconds per image."""
+    return 1.0 / (EVAL_COST_SHARE * train_image_s)
 
 
 def final_reserve(n_test: int, eval_rate: float) -> float:

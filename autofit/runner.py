@@ -467,9 +467,7 @@ def _search(journal: Journal, dataset: Dataset, space: SearchSpace, budget: Budg
     if top is not best_record:
         log.info("search: trial %d's val_acc %.4f is within one standard error of it, and trial "
                  "%d trained longer (%.1fs against %.1fs): a tie goes to the surer score",
-                 top.number, top.score, best_record.number,
-                 best_record.metrics.get("train_seconds", 0.0),
-                 top.metrics.get("train_seconds", 0.0))
+                 top.number, top.score, best_record.number, best_record.trained_s, top.trained_s)
     return outcome, plan
 
 

@@ -75,6 +75,10 @@ class TrialRecord:
     def score(self) -> float:
         return ranked(self.metrics.get(METRIC), self.error is None and self.status != "diverged")
 
+    @property
+    def trained_s(self) -> float:
+        return float(self.metrics.get("train_seconds") or 0.0)
+
 
 @dataclass
 class SearchOutcome:
@@ -84,7 +88,7 @@ class SearchOutcome:
     @property
     def top(self) -> TrialRecord:
         """The highest validation accuracy (the leaderboard's first row)."""
-        return max(self.records, key=lambda r: (r.score, _trained(r)))
+        return max(self.records, key=lambda r: (r.score, r.trained_s))
 
     @property
     def best(self) -> TrialRecord:
@@ -99,11 +103,7 @@ class SearchOutcome:
             return top
         noise = math.sqrt(top.score * (1 - top.score) / images)
         ties = [r for r in self.records if r.score >= top.score - noise]
-        return max(ties, key=lambda r: (_trained(r), r.score))
-
-
-def _trained(record: TrialRecord) -> float:
-    return float(record.metrics.get("train_seconds") or 0.0)
+        return max(ties, key=lambda r: (r.trained_s, r.score))
 
 
 class SearchFailed(AutofitError):

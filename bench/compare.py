@@ -414,7 +414,7 @@ def hand_recipe(data: Data, deadline: float, args: argparse.Namespace, threads: 
     import torch
 
     from autofit import models, pipeline
-    from autofit.budget import EXIT_RESERVE_S, EXPORT_RESERVE_S
+    from autofit.budget import EXIT_RESERVE_S, EXPORT_RESERVE_S, test_pass_rate
     from autofit.space import Recipe, TrialConfig
     from autofit.trial import make_model, train
 
@@ -455,7 +455,7 @@ def hand_recipe(data: Data, deadline: float, args: argparse.Namespace, threads: 
         """Predicted epochs at `width` in the time left, after a test-pass reserve guessed
         from training speed (a forward pass about a third of a step, two with TTA)."""
         per_image = a + b * width**2
-        reserve = EXPORT_RESERVE_S + 1.3 * len(data.y_test) * per_image * 2 / 3 + \
+        reserve = EXPORT_RESERVE_S + 1.3 * len(data.y_test) / test_pass_rate(per_image) + \
             EXIT_RESERVE_S
         return (deadline - time.time() - reserve) / (per_image * len(data.y))
 
