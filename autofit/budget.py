@@ -56,6 +56,13 @@ class Budget(BaseModel):
     min_epochs: float = Field(
         default=10.0, ge=0.0,
         description="epochs the refit must afford a model for the search to try it (0: off)")
+    # On CIFAR-10 on 2 cores the first rung trained 0.1 epoch at 2, 5 and 10 minutes, and the
+    # space's prior won every search: a rung that short ranks noise.
+    min_rung_epochs: float = Field(
+        default=0.5, ge=0.0,
+        description="with search_share auto and a space with a first: prior, the search is "
+                    "skipped, and the prior trains for all the time, when its first ASHA rung "
+                    "would train fewer epochs than this (0: always search)")
 
     @field_validator("minutes", mode="before")
     @classmethod
@@ -230,12 +237,14 @@ class Plan(BaseModel):
     search_deadline: float
     search_share: float | None = None  # what the split gave the search (None in older runs)
     split: str = ""  # why
+    searched: bool = True  # False: the search was skipped and the space's prior trains alone
     cost: Cost | None = None  # this machine's training cost per image (autofit/probe.py)
     max_image_s: float | None = None  # training seconds per image the refit affords
 
     @classmethod
     def make(cls, budget: Budget, clock: Clock, n_test: int, n_train: int = 0,
-             cost: Cost | None = None, reduction_factor: int = 3, rungs: int = 3) -> Plan:
+             cost: Cost | None = None, reduction_factor: int = 3, rungs: int = 3,
+             prior: bool = False) -> Plan:
         """The split and, with a measured `cost`, the compute cap: a model whose refit on
         `n_train` images could not see `budget.min_epochs` epochs (and MIN_REFIT_IMAGES
         images) in `refit_s` is not tried.
@@ -243,7 +252,9 @@ class Plan(BaseModel):
         With `search_share` auto, the refit gets the time the probe's mid-size model needs
         for `min_epochs` epochs, within REFIT_SHARE of the trainable time: where an epoch
         is dear (CIFAR on a CPU) the refit gets most of it, where it is cheap (a small
-        dataset, a GPU) the search does."""
+        dataset, a GPU) the search does. Where even then the first ASHA rung would train
+        under `budget.min_rung_epochs`, and the space has a `prior` to fall back on, the search is
+        skipped and all the trainable time goes to the prior."""
         left = clock.left()
         eval_rate = test_pass_rate(cost.reference_s) if cost else EVAL_RATE_GUESS
         reserve = final_reserve(n_test, eval_rate)
@@ -266,6 +277,17 @@ class Plan(BaseModel):
         trial_s = max(MIN_TRIAL_S, search_s / rungs)
         grace = trial_s / reduction_factor ** (rungs - 1)
         milestones = tuple(round(grace * reduction_factor**k, 3) for k in range(rungs - 1))
+        rung_epochs = grace / (n_train * cost.reference_s) if cost and n_train else math.inf
+        searched = not (prior and budget.search_share is None
+                        and rung_epochs < budget.min_rung_epochs)
+        if not searched:
+            split = (f"search skipped: its first ASHA rung would train {rung_epochs:.2f} epochs "
+                     f"of the probe's mid-size model ({grace:.1f}s), under min_rung_epochs "
+                     f"{budget.min_rung_epochs:g}, "
+                     "too few to rank configurations; the space's prior trains for all "
+                     f"{trainable:.0f}s")
+            share = search_s = trial_s = 0.0
+            milestones = ()
         refit_s = trainable - search_s
         max_image_s = None
         if cost is not None and n_train and budget.min_epochs > 0:  # the refit continues the
@@ -275,7 +297,7 @@ class Plan(BaseModel):
                    split=split, budget_s=budget.seconds, setup_s=round(clock.elapsed(), 3),
                    search_s=round(search_s, 3), trial_s=round(trial_s, 3),
                    milestones=milestones, refit_s=round(refit_s, 3),
-                   final_reserve_s=round(reserve, 3),
+                   final_reserve_s=round(reserve, 3), searched=searched,
                    search_deadline=time.time() + search_s)
 
     @property

@@ -90,8 +90,9 @@ def run_command(
         typer.echo("autofit: interrupted", err=True)
         raise typer.Exit(130) from None
     s = result.summary
-    typer.echo(f"test accuracy {result.test_accuracy:.4f} (ONNX, onnxruntime) | val "
-               f"{result.val_accuracy:.4f} | {result.params:,} params | {s['trials']} trials | "
+    val = "no search" if result.val_accuracy is None else f"val {result.val_accuracy:.4f}"
+    typer.echo(f"test accuracy {result.test_accuracy:.4f} (ONNX, onnxruntime) | {val} | "
+               f"{result.params:,} params | {s['trials']} trials | "
                f"{s['elapsed_s']:.1f}s of {s['budget_s']:.0f}s")
     typer.echo(f"model: {result.model_path}")
 

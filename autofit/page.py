@@ -121,7 +121,11 @@ def _budget(run: rundir.Run, images: dict[str, Path]) -> str:
             f"{100 * left / total:.1f}%</td></tr>"
     plan = (run.summary or {}).get("plan") or (run.journal or {}).get("plan")
     note = ""
-    if plan:
+    if plan and plan.get("searched") is False:
+        note = (f"<p>Plan made after setup: {_e(plan.get('split', 'search skipped'))}; refit "
+                f"about {plan['refit_s']:.1f} s, {plan['final_reserve_s']:.1f} s kept for export, "
+                "the test pass and exit.</p>")
+    elif plan:
         note = (f"<p>Plan made after setup: search {plan['search_s']:.1f} s in trials of "
                 f"{plan['trial_s']:.1f} s (ASHA rungs at {plan['milestones']} training "
                 f"seconds), refit about {plan['refit_s']:.1f} s, {plan['final_reserve_s']:.1f} s "
@@ -171,13 +175,17 @@ def _model(s: dict[str, Any]) -> str:
     arch = " ".join(f"{k}={v}" for k, v in config.get("arch", {}).items())
     recipe = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                        for k, v in config.get("recipe", {}).items())
-    return (f"trial {_e(s.get('best_trial', '?'))}: {_e(config.get('family', '?'))} {_e(arch)}, "
+    source = "the space's prior (search skipped)" if s.get("best_trial", "?") is None else \
+        f"trial {_e(s.get('best_trial', '?'))}"
+    return (f"{source}: {_e(config.get('family', '?'))} {_e(arch)}, "
             f"{_int(config.get('params'))} parameters; {_e(recipe)}; refit "
             f"{_e((s.get('refit') or {}).get('epochs', '?'))} epochs on train+val")
 
 
 def _trials(s: dict[str, Any], run: rundir.Run) -> str:
     counts = s.get("trial_status")
+    if (s.get("plan") or {}).get("searched") is False:
+        return "none: the search was skipped, see Budget"
     if not counts:
         return str(len(run.leaderboard))
     return f"{s.get('trials', '?')} (" + ", ".join(f"{v} {_e(k)}" for k, v in counts.items()) + ")"

@@ -86,9 +86,10 @@ def refit(dataset: Dataset, best: TrialRecord, *, stop_at: float, device: str, t
         log.info("refit: %s on %d train+val images for %.1fs, about %.1f epochs (%.0f img/s "
                  "measured in the search)", best.config.describe(), len(x), seconds,
                  epochs_planned, rate)
-    elif resume is None:  # the winner never finished a step in the search: size it by time
-        log.info("refit: %s on %d train+val images for %.1fs (no throughput was measured in "
-                 "the search)", best.config.describe(), len(x), seconds)
+    elif resume is None:  # no trial measured this model's speed: its schedule follows time
+        log.info("refit: %s on %d train+val images for %.1fs (no trial measured its "
+                 "throughput: the schedule follows time)", best.config.describe(), len(x),
+                 seconds)
     plan = {"seconds": seconds, "steps": steps_planned}
     trained = float(best.metrics.get("epoch") or 0.0)
     if resume is None and best.checkpoint and epochs_planned is not None \

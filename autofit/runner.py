@@ -22,18 +22,34 @@ from typing import Any
 from autofit import __version__, events, faults, live, pipeline, probe
 from autofit import best as best_module
 from autofit.best import BestSoFar
-from autofit.budget import EVAL_RATE_GUESS, Budget, Clock, Cost, Plan, final_reserve
+from autofit.budget import (
+    EVAL_RATE_GUESS,
+    Budget,
+    Clock,
+    Cost,
+    Plan,
+    final_reserve,
+    test_pass_rate,
+)
 from autofit.dataset import Dataset, load
 from autofit.errors import AutofitError, Interrupted, UnreadableData, UsageError, one_line
 from autofit.evaluate import onnx_rate, score_onnx
 from autofit.events import emit
 from autofit.export import export_onnx
 from autofit.journal import TESTED, Journal, RunArgs
+from autofit.models import count_work
 from autofit.packing import Probe
 from autofit.presets import preset
 from autofit.refit import RefitInfo, refit
 from autofit.report import save_weights, write_json, write_leaderboard
-from autofit.search import SearchFailed, SearchOutcome, TrialRecord, ray_session, run_search
+from autofit.search import (
+    UNTRAINED,
+    SearchFailed,
+    SearchOutcome,
+    TrialRecord,
+    ray_session,
+    run_search,
+)
 from autofit.sources import NAMED
 from autofit.space import SearchSpace
 from autofit.trial import load_state, make_model
@@ -49,7 +65,7 @@ class RunResult:
     run_dir: Path
     model_path: Path
     test_accuracy: float
-    val_accuracy: float
+    val_accuracy: float | None  # None: the search was skipped, no trial was scored
     params: int
     best_config: dict[str, Any]
     summary: dict[str, Any] = field(repr=False)
@@ -289,7 +305,7 @@ def _run(args: RunArgs, clock: Clock, journal: Journal, log: logging.Logger) -> 
         refit_info = RefitInfo(**journal.get("refit"))
         log.info("refit: done before the interruption; weights from %s", model_pt)
     else:
-        eval_rate = _eval_rate(out_dir, best, dataset, threads)
+        eval_rate = _eval_rate(out_dir, best, dataset, threads, plan.cost)
         reserve = final_reserve(len(dataset.y_test), eval_rate)
         log.info("refit: %.1fs kept for export, the test pass (%.0f images/s) and the report",
                  reserve, eval_rate)
@@ -307,7 +323,7 @@ def _run(args: RunArgs, clock: Clock, journal: Journal, log: logging.Logger) -> 
         faults.check_export()
         exported = export_onnx(model, model_path, dataset.x_test,
                                {**metadata, "params": best.config.params,
-                                "val_accuracy": best.score}, threads)
+                                "val_accuracy": _val_accuracy(outcome)}, threads)
     except OSError as err:
         raise AutofitError(f"cannot write {model_path}: {err.strerror or err}; "
                            f"the refit weights are in {model_pt}") from None
@@ -374,14 +390,25 @@ def _report_only(journal: Journal, clock: Clock, log: logging.Logger) -> RunResu
     return _finish(journal, clock, log, summary)
 
 
-def _eval_rate(out_dir: Path, best: TrialRecord, dataset: Dataset, threads: int) -> float:
+def _eval_rate(out_dir: Path, best: TrialRecord, dataset: Dataset, threads: int,
+               cost: Cost | None) -> float:
     """Test-pass speed for sizing the final reserve: onnxruntime's, timed on the winner's own
-    best_so_far.onnx when that is the winner; else the trial's PyTorch evaluation speed."""
+    best_so_far.onnx when that is the winner; else the trial's PyTorch evaluation speed;
+    for a model no trial trained, predicted from the probe's cost of its work."""
     record = _best_so_far(out_dir)
     if record is not None and record.get("trial") == best.number:
         with suppress(OSError, RuntimeError, ValueError):  # cannot be timed: fall back
             return onnx_rate(Path(record["model"]), dataset.x_val, threads)
-    return float(best.metrics.get("eval_images_per_s") or 0.0) or EVAL_RATE_GUESS
+    measured = float(best.metrics.get("eval_images_per_s") or 0.0)
+    if measured or cost is None:
+        return measured or EVAL_RATE_GUESS
+    return test_pass_rate(cost.seconds(count_work(best.config.family, best.config.arch,
+                                                  dataset.shape)))
+
+
+def _val_accuracy(outcome: SearchOutcome) -> float | None:
+    """The winner's validation accuracy; none when no trial was trained (search skipped)."""
+    return outcome.best.score if outcome.searched else None
 
 
 def _render_report(out_dir: Path, log: logging.Logger) -> None:
@@ -398,8 +425,15 @@ def _render_report(out_dir: Path, log: logging.Logger) -> None:
         log.info("report: %s", path)
 
 
+def _new_plan(budget: Budget, clock: Clock, dataset: Dataset, cost: Cost | None,
+              space: SearchSpace) -> Plan:
+    return Plan.make(budget, clock, len(dataset.y_test),
+                     n_train=len(dataset.y_train) + len(dataset.y_val), cost=cost,
+                     prior=space.first is not None)
+
+
 def _plan(journal: Journal, budget: Budget, clock: Clock, dataset: Dataset,
-          cost: Cost | None) -> Plan:
+          cost: Cost | None, space: SearchSpace) -> Plan:
     """The split decided when the run began. A resumed search gets the search time it had
     left, cut to its planned share of what is left now (the restart's own set-up is not the
     refit's loss), and keeps its trial length, milestones and compute cap so ASHA compares
@@ -407,8 +441,7 @@ def _plan(journal: Journal, budget: Budget, clock: Clock, dataset: Dataset,
     """
     recorded = journal.get("plan")
     if recorded is None:
-        plan = Plan.make(budget, clock, len(dataset.y_test),
-                         n_train=len(dataset.y_train) + len(dataset.y_val), cost=cost)
+        plan = _new_plan(budget, clock, dataset, cost, space)
         journal.set(plan=plan.model_dump())
         return plan
     plan = Plan.model_validate(recorded)
@@ -426,20 +459,28 @@ def _search(journal: Journal, dataset: Dataset, space: SearchSpace, budget: Budg
     args, out_dir = journal.args, journal.run_dir
     done = journal.get("search")
     if done is not None:
+        prior = done.get("prior")
         outcome = SearchOutcome([TrialRecord.from_dict(r) for r in done["records"]],
-                                done["overrun_s"])
+                                done["overrun_s"],
+                                prior=None if prior is None else TrialRecord.from_dict(prior))
         log.info("search: done before the interruption (%d trials)", len(outcome.records))
         return outcome, Plan.model_validate(journal.get("plan"))
     cost = None
     if journal.get("plan") is None and budget.min_epochs > 0:
         cost = probe.cost(dataset.shape, device, threads)
+        draft = _new_plan(budget, clock, dataset, cost, space)
+        if not draft.searched:  # decided before Ray starts: a run with no search needs none
+            journal.set(plan=draft.model_dump())
+    recorded = journal.get("plan")
+    if recorded is not None and not Plan.model_validate(recorded).searched:
+        return _prior_only(journal, dataset, space, budget, Plan.model_validate(recorded), log)
     gpu_cache = dataset.x_train.nbytes + dataset.x_val.nbytes \
         if dataset.data_path == pipeline.DALI_GPU else 0
     packing_probe = Probe(space, dataset.shape, budget.max_params, data_bytes=gpu_cache,
                           train_images=len(dataset.y_train), seed=args.seed)
     with ray_session(args.ray_address, threads, device, log, packing_probe) as workers:
         journal.set(workers={"where": workers.where, "packing": workers.packing})
-        plan = _plan(journal, budget, clock, dataset, cost)
+        plan = _plan(journal, budget, clock, dataset, cost, space)
         cap = "no compute cap" if plan.max_image_s is None else (
             f"compute cap {plan.max_image_s * 1e3:.2f} ms per training image "
             f"({budget.min_epochs:g} refit epochs)")
@@ -471,6 +512,24 @@ def _search(journal: Journal, dataset: Dataset, space: SearchSpace, budget: Budg
     return outcome, plan
 
 
+def _prior_only(journal: Journal, dataset: Dataset, space: SearchSpace, budget: Budget,
+                plan: Plan, log: logging.Logger) -> tuple[SearchOutcome, Plan]:
+    """The outcome of a skipped search: no trials, the space's prior fitted to both caps as
+    the model the refit trains from scratch."""
+    config = space.first_config(dataset.shape, budget.max_params, plan.cap)
+    if config is None:
+        raise UsageError(f"--max-params {budget.max_params:,}: the search space's first: "
+                         "configuration cannot be fitted to it")
+    outcome = SearchOutcome([], 0.0, prior=TrialRecord(0, "", config, status=UNTRAINED))
+    emit(log, "plan", "plan: setup %.1fs, no search (%s), refit ~%.1fs, final reserve %.1fs",
+         plan.setup_s, plan.split, plan.refit_s, plan.final_reserve_s, plan=plan.model_dump(),
+         workers=None, summary=f"plan: no search, the prior trains ~{plan.refit_s:.0f}s")
+    journal.set(search={"records": [], "overrun_s": 0.0, "prior": outcome.best.as_dict()})
+    write_leaderboard(journal.run_dir / "leaderboard.csv", [])
+    log.info("search: skipped; the refit trains the space's prior %s", config.describe())
+    return outcome, plan
+
+
 def _times(clock: Clock, journal: Journal) -> dict[str, Any]:
     """Budget seconds used (in all and per phase) and wall seconds since the first life began."""
     lives = journal.get("lives", [])
@@ -494,7 +553,7 @@ def _summary(budget: Budget, clock: Clock, plan: Plan, dataset: Dataset, outcome
     return {
         "status": "finished",
         "test_accuracy": test_accuracy,
-        "val_accuracy": best.score,
+        "val_accuracy": _val_accuracy(outcome),
         "params": best.config.params,
         "onnx_params": exported.onnx_params,
         "budget": {"minutes": budget.minutes, "max_params": budget.max_params,
@@ -507,7 +566,7 @@ def _summary(budget: Budget, clock: Clock, plan: Plan, dataset: Dataset, outcome
         "search_overrun_s": outcome.overrun_s,
         "trials": len(outcome.records),
         "trial_status": statuses,
-        "best_trial": best.number,
+        "best_trial": best.number if outcome.searched else None,
         "best_config": best.config.model_dump(),
         "best_metrics": best.metrics,
         "best_so_far": _best_so_far(journal.run_dir),

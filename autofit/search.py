@@ -50,6 +50,7 @@ PROBE_TIMEOUT_S = 120.0  # the GPU memory probe: Ray worker and CUDA start-up, a
 FAILURES_BEFORE_GIVING_UP = 3  # failed trials, with none succeeding, that end the search
 STATUS = {"completed": "completed", "deadline": "stopped at search deadline",
           "diverged": "diverged", "running": "stopped by ASHA"}
+UNTRAINED = "not trained: search skipped"  # the space's prior when the plan skips the search
 
 
 @dataclass
@@ -84,10 +85,18 @@ class TrialRecord:
 class SearchOutcome:
     records: list[TrialRecord]
     overrun_s: float  # how long after the search deadline Tune handed back (negative: before)
+    prior: TrialRecord | None = None  # with no records: the untrained config the refit trains
+
+    @property
+    def searched(self) -> bool:
+        return self.prior is None
 
     @property
     def top(self) -> TrialRecord:
-        """The highest validation accuracy (the leaderboard's first row)."""
+        """The highest validation accuracy (the leaderboard's first row); the prior when the
+        search was skipped."""
+        if self.prior is not None and not self.records:
+            return self.prior
         return max(self.records, key=lambda r: (r.score, r.trained_s))
 
     @property

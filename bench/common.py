@@ -8,9 +8,11 @@ The benches run as scripts (`python bench/NAME.py`), so they import this as `com
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +73,12 @@ def listing(root: Path, split: str, per_class: int) -> tuple[list[str], np.ndarr
         files += [str(root / split / name / f) for f in chosen]
         labels += [index] * len(chosen)
     return files, np.array(labels, dtype=np.int64), classes
+
+
+def write_record(out: Path, record: dict[str, object]) -> int:
+    """Write a bench's JSON record, stamped with the machine and the time; exit status 0."""
+    record = {**record, "machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0

@@ -196,7 +196,8 @@ def run_autofit(key: str, minutes: float, max_params: int, args: argparse.Namesp
                   val_accuracy=summary["val_accuracy"], autofit_elapsed_s=summary["elapsed_s"],
                   phases=summary["phases"],
                   notes=f"{searcher or 'random'} search, {summary['trials']} trials; best "
-                        f"{config['family']} {arch}")
+                        f"{config['family']} {arch}" if summary["plan"].get("searched", True)
+                  else f"search skipped ({summary['plan']['split']}); {config['family']} {arch}")
     return record
 
 

@@ -14,7 +14,6 @@ charged as a run would pay for them. Writes bench/results/recipes.json and print
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -32,7 +31,7 @@ from autofit.space import Recipe, TrialConfig
 from autofit.trial import EVAL_BATCH, evaluate, make_model, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, add_data_argument, check_data, listing, machine  # noqa: E402
+from common import ROOT, add_data_argument, check_data, listing, write_record  # noqa: E402
 
 SIZE = 32
 BASELINE = Recipe(batch_size=128, lr=0.2, weight_decay=5e-4)  # sgd, onecycle, nothing else
@@ -137,13 +136,9 @@ def main() -> int:
         "model": {"family": "resnet", **arch},
         "baseline": BASELINE.model_dump(), "results": results,
         "device": device, "data_path": data.data_path, "decode_s": round(decode_s, 2),
-        "threads": args.threads, "machine": machine(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "threads": args.threads,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {args.out}")
-    return 0
+    return write_record(args.out, record)
 
 
 if __name__ == "__main__":

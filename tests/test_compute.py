@@ -142,6 +142,33 @@ def test_the_split_follows_the_cost_of_an_epoch():
     assert Budget.from_yaml(preset("budgets", "default")).search_share is None  # "auto"
 
 
+def test_a_search_whose_first_rung_would_rank_noise_is_skipped_for_the_prior():
+    """CIFAR-10 on this CPU: the first ASHA rung of a 10-minute search is about 0.05 epoch,
+    so the space's prior trains for all the trainable time; where epochs are cheap, where the
+    budget fixes a share, or where the space has no prior to fall back on, the search runs."""
+    budget = Budget(minutes=10, max_params="2M")
+    searched = Plan.make(budget, Clock(budget.seconds), 10_000, n_train=50_000, cost=COST)
+    skipped = Plan.make(budget, Clock(budget.seconds), 10_000, n_train=50_000, cost=COST,
+                        prior=True)
+    assert searched.searched and not skipped.searched
+    assert skipped.search_s == skipped.trial_s == 0 and skipped.milestones == ()
+    assert skipped.search_share == 0 and skipped.split.startswith("search skipped")
+    trainable = searched.search_s + searched.refit_s
+    assert skipped.refit_s == pytest.approx(trainable, abs=0.01)
+    assert skipped.max_image_s == pytest.approx(skipped.refit_s / (10 * 50_000))
+    first_rung = searched.milestones[0] / (50_000 * COST.reference_s)  # in epochs
+    assert first_rung < budget.min_rung_epochs
+    for kept in (Plan.make(budget, Clock(budget.seconds), 300, n_train=1_400, cost=COST,
+                           prior=True),  # cheap epochs: its rungs see whole epochs
+                 Plan.make(Budget(minutes=10, search_share=0.2), Clock(600.0), 10_000,
+                           n_train=50_000, cost=COST, prior=True),
+                 Plan.make(Budget(minutes=10, min_rung_epochs=0), Clock(600.0), 10_000,
+                           n_train=50_000, cost=COST, prior=True),
+                 Plan.make(budget, Clock(budget.seconds), 10_000, n_train=50_000,
+                           prior=True)):  # nothing measured: nothing to judge the rung by
+        assert kept.searched and kept.search_s > 0 and kept.milestones
+
+
 @pytest.mark.parametrize("space_name", ["default", "fastnet", "resnet", "wrn"])
 def test_samples_respect_both_caps_and_still_use_the_parameter_budget(space_name):
     space = SearchSpace.load(preset("search_spaces", space_name))

@@ -1,0 +1,75 @@
+"""A run whose search could not rank anything (its first ASHA rung under `min_rung_epochs`,
+CIFAR-10 on a CPU) trains the space's prior alone for the time, says so everywhere the
+run is read, and survives a kill during that training like any other refit."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import onnxruntime as ort
+import yaml
+
+from autofit.dataset import load
+from autofit.export import to_input
+
+
+def _start(args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "autofit", "run", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def test_a_skipped_search_trains_the_prior_alone_and_resumes_after_a_kill(
+        flat_folder: Path, tmp_path: Path):
+    budget_s = 60.0
+    preset = tmp_path / "never-search.yaml"  # the user-facing way: a budget preset's key
+    preset.write_text(yaml.safe_dump({"minutes": budget_s / 60, "max_params": "100k",
+                                      "min_rung_epochs": 1000}))
+    out = tmp_path / "run"
+    proc = _start(["--data", str(flat_folder), "--budget", str(preset), "--out", str(out)])
+    end = time.time() + 60
+    while not (out / "refit.pt").exists() and time.time() < end:  # the prior's first save
+        assert proc.poll() is None, f"ended before the refit saved: {proc.communicate()}"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (out / "tune").exists()  # no search: Ray was never started
+
+    proc = _start(["--resume", str(out)])
+    stdout, stderr = proc.communicate(timeout=budget_s + 60)
+    assert proc.returncode == 0, stderr
+    assert "no search" in stdout and "Traceback" not in stdout + stderr
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["resumes"] == 1
+    assert summary["elapsed_s"] <= budget_s + 5.0
+    plan = summary["plan"]
+    assert plan["searched"] is False and plan["search_s"] == 0
+    assert plan["split"].startswith("search skipped") and "min_rung_epochs 1000" in plan["split"]
+    assert summary["trials"] == 0 and "search" not in summary["phases"]
+    assert summary["val_accuracy"] is None and summary["best_trial"] is None
+    assert summary["best_config"]["family"] == "fastnet"  # the default space's first:
+    refit = summary["refit"]
+    assert refit["warm_start"] is None and refit["steps"] > 0
+    assert refit["train_images"] == sum(summary["data"]["sizes"][k] for k in ("train", "val"))
+
+    with open(out / "leaderboard.csv") as handle:
+        assert list(csv.DictReader(handle)) == []  # a header, no trials
+    log = (out / "run.log").read_text()
+    assert "search: skipped; the refit trains the space's prior" in log
+    assert "refit: resuming" in log
+    assert "the search was skipped" in (out / "report.html").read_text()
+
+    data = load(str(flat_folder), seed=0, threads=1)  # the run's own test split, seed 0
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = session.run(["logits"], {"input": to_input(data.x_test)})[0]
+    accuracy = float((logits.argmax(1) == data.y_test).mean())
+    assert abs(accuracy - summary["test_accuracy"]) <= 0.05
+    assert accuracy >= 0.6  # four classes: the prior learned, from scratch, in the refit alone
