@@ -121,7 +121,7 @@ def _budget(run: rundir.Run, images: dict[str, Path]) -> str:
             f"{100 * left / total:.1f}%</td></tr>"
     plan = (run.summary or {}).get("plan") or (run.journal or {}).get("plan")
     note = ""
-    if plan and plan.get("searched") is False:
+    if _skipped({"plan": plan}):
         note = (f"<p>Plan made after setup: {_e(plan.get('split', 'search skipped'))}; refit "
                 f"about {plan['refit_s']:.1f} s, {plan['final_reserve_s']:.1f} s kept for export, "
                 "the test pass and exit.</p>")
@@ -175,16 +175,21 @@ def _model(s: dict[str, Any]) -> str:
     arch = " ".join(f"{k}={v}" for k, v in config.get("arch", {}).items())
     recipe = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                        for k, v in config.get("recipe", {}).items())
-    source = "the space's prior (search skipped)" if s.get("best_trial", "?") is None else \
+    source = "the space's prior (search skipped)" if _skipped(s) else \
         f"trial {_e(s.get('best_trial', '?'))}"
     return (f"{source}: {_e(config.get('family', '?'))} {_e(arch)}, "
             f"{_int(config.get('params'))} parameters; {_e(recipe)}; refit "
             f"{_e((s.get('refit') or {}).get('epochs', '?'))} epochs on train+val")
 
 
+def _skipped(s: dict[str, Any]) -> bool:
+    """Whether the run's plan skipped the search (the prior trained alone)."""
+    return (s.get("plan") or {}).get("searched") is False
+
+
 def _trials(s: dict[str, Any], run: rundir.Run) -> str:
     counts = s.get("trial_status")
-    if (s.get("plan") or {}).get("searched") is False:
+    if _skipped(s):
         return "none: the search was skipped, see Budget"
     if not counts:
         return str(len(run.leaderboard))

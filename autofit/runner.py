@@ -51,7 +51,7 @@ from autofit.search import (
     run_search,
 )
 from autofit.sources import NAMED
-from autofit.space import SearchSpace
+from autofit.space import SearchSpace, TrialConfig
 from autofit.trial import load_state, make_model
 
 RUN_MARKERS = ("journal.json", "summary.json", "model.onnx", "best_so_far.onnx",
@@ -426,22 +426,22 @@ def _render_report(out_dir: Path, log: logging.Logger) -> None:
 
 
 def _new_plan(budget: Budget, clock: Clock, dataset: Dataset, cost: Cost | None,
-              space: SearchSpace) -> Plan:
+              prior: bool) -> Plan:
     return Plan.make(budget, clock, len(dataset.y_test),
-                     n_train=len(dataset.y_train) + len(dataset.y_val), cost=cost,
-                     prior=space.first is not None)
+                     n_train=len(dataset.y_train) + len(dataset.y_val), cost=cost, prior=prior)
 
 
 def _plan(journal: Journal, budget: Budget, clock: Clock, dataset: Dataset,
-          cost: Cost | None, space: SearchSpace) -> Plan:
+          cost: Cost | None) -> Plan:
     """The split decided when the run began. A resumed search gets the search time it had
     left, cut to its planned share of what is left now (the restart's own set-up is not the
     refit's loss), and keeps its trial length, milestones and compute cap so ASHA compares
-    like with like.
+    like with like. Whether to search was decided before Ray started (`_search`), so a plan
+    made here always searches, even if Ray's start-up left too little for a useful rung.
     """
     recorded = journal.get("plan")
     if recorded is None:
-        plan = _new_plan(budget, clock, dataset, cost, space)
+        plan = _new_plan(budget, clock, dataset, cost, prior=False)
         journal.set(plan=plan.model_dump())
         return plan
     plan = Plan.model_validate(recorded)
@@ -465,22 +465,23 @@ def _search(journal: Journal, dataset: Dataset, space: SearchSpace, budget: Budg
                                 prior=None if prior is None else TrialRecord.from_dict(prior))
         log.info("search: done before the interruption (%d trials)", len(outcome.records))
         return outcome, Plan.model_validate(journal.get("plan"))
-    cost = None
-    if journal.get("plan") is None and budget.min_epochs > 0:
-        cost = probe.cost(dataset.shape, device, threads)
-        draft = _new_plan(budget, clock, dataset, cost, space)
-        if not draft.searched:  # decided before Ray starts: a run with no search needs none
-            journal.set(plan=draft.model_dump())
-    recorded = journal.get("plan")
-    if recorded is not None and not Plan.model_validate(recorded).searched:
-        return _prior_only(journal, dataset, space, budget, Plan.model_validate(recorded), log)
+    cost, recorded = None, journal.get("plan")
+    early = None if recorded is None else Plan.model_validate(recorded)  # an earlier life's
+    if early is None and budget.min_epochs > 0:  # whether to search is decided before Ray
+        cost = probe.cost(dataset.shape, device, threads)  # starts: no search needs none
+        early = _new_plan(budget, clock, dataset, cost, prior=space.first is not None)
+    prior = None if early is None or early.searched else \
+        space.first_config(dataset.shape, budget.max_params, early.cap)
+    if early is not None and prior is not None:  # a prior over the caps: the search runs
+        journal.set(plan=early.model_dump())
+        return _prior_only(journal, prior, early, log)
     gpu_cache = dataset.x_train.nbytes + dataset.x_val.nbytes \
         if dataset.data_path == pipeline.DALI_GPU else 0
     packing_probe = Probe(space, dataset.shape, budget.max_params, data_bytes=gpu_cache,
                           train_images=len(dataset.y_train), seed=args.seed)
     with ray_session(args.ray_address, threads, device, log, packing_probe) as workers:
         journal.set(workers={"where": workers.where, "packing": workers.packing})
-        plan = _plan(journal, budget, clock, dataset, cost, space)
+        plan = _plan(journal, budget, clock, dataset, cost)
         cap = "no compute cap" if plan.max_image_s is None else (
             f"compute cap {plan.max_image_s * 1e3:.2f} ms per training image "
             f"({budget.min_epochs:g} refit epochs)")
@@ -512,14 +513,10 @@ def _search(journal: Journal, dataset: Dataset, space: SearchSpace, budget: Budg
     return outcome, plan
 
 
-def _prior_only(journal: Journal, dataset: Dataset, space: SearchSpace, budget: Budget,
-                plan: Plan, log: logging.Logger) -> tuple[SearchOutcome, Plan]:
-    """The outcome of a skipped search: no trials, the space's prior fitted to both caps as
-    the model the refit trains from scratch."""
-    config = space.first_config(dataset.shape, budget.max_params, plan.cap)
-    if config is None:
-        raise UsageError(f"--max-params {budget.max_params:,}: the search space's first: "
-                         "configuration cannot be fitted to it")
+def _prior_only(journal: Journal, config: TrialConfig, plan: Plan,
+                log: logging.Logger) -> tuple[SearchOutcome, Plan]:
+    """The outcome of a skipped search: no trials, the space's prior (`config`, fitted to
+    both caps) as the model the refit trains from scratch."""
     outcome = SearchOutcome([], 0.0, prior=TrialRecord(0, "", config, status=UNTRAINED))
     emit(log, "plan", "plan: setup %.1fs, no search (%s), refit ~%.1fs, final reserve %.1fs",
          plan.setup_s, plan.split, plan.refit_s, plan.final_reserve_s, plan=plan.model_dump(),

@@ -95,7 +95,7 @@ class SearchOutcome:
     def top(self) -> TrialRecord:
         """The highest validation accuracy (the leaderboard's first row); the prior when the
         search was skipped."""
-        if self.prior is not None and not self.records:
+        if self.prior is not None:
             return self.prior
         return max(self.records, key=lambda r: (r.score, r.trained_s))
 

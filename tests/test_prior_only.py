@@ -16,6 +16,7 @@ from pathlib import Path
 import onnxruntime as ort
 import yaml
 
+from autofit import Budget, run
 from autofit.dataset import load
 from autofit.export import to_input
 
@@ -73,3 +74,14 @@ def test_a_skipped_search_trains_the_prior_alone_and_resumes_after_a_kill(
     accuracy = float((logits.argmax(1) == data.y_test).mean())
     assert abs(accuracy - summary["test_accuracy"]) <= 0.05
     assert accuracy >= 0.6  # four classes: the prior learned, from scratch, in the refit alone
+
+
+def test_a_prior_over_the_parameter_cap_leaves_the_run_to_the_search(tmp_path: Path):
+    """The default space's prior (fastnet, 31,478 parameters at its narrowest on 8x8 digits)
+    is over a 25k cap that a ResNet-8 (19,810) fits: the run searches, not fails."""
+    result = run(None, Budget(minutes=0.5, max_params="25k", min_rung_epochs=1000),
+                 out=tmp_path / "run", quiet=True)
+    summary = result.summary
+    assert summary["plan"]["searched"] is True and summary["plan"]["search_s"] > 0
+    assert summary["trials"] >= 1 and result.val_accuracy is not None
+    assert result.params <= 25_000 and summary["best_config"]["family"] == "resnet"
