@@ -177,7 +177,7 @@ EXPORT_RESERVE_S = 3.0  # ONNX export, onnx.checker, parity check (0.2-0.3 s mea
 REPORT_RESERVE_S = 3.0  # report.html and its plots (about 1.5 s measured on 2 busy cores)
 EXIT_RESERVE_S = 2.0  # writing the summary, Ray shutdown, interpreter exit
 EVAL_RATE_GUESS = 500.0  # images/s for the test pass when nothing was measured
-EVAL_COST_SHARE = 2 / 3  # a test image with flip TTA: two forward passes, a third of a step each
+EVAL_PASS_SHARE = 1 / 3  # one forward pass of a test image: a third of a training step's cost
 EVAL_MARGIN = 1.15  # on the timed test-pass rate (10-minute CIFAR: 4.4 s taken, 6.8 s predicted)
 MIN_TRIAL_S = 2.0
 
@@ -307,9 +307,11 @@ class Plan(BaseModel):
         return ComputeCap(cost=self.cost, max_image_s=self.max_image_s)
 
 
-def test_pass_rate(train_image_s: float) -> float:
-    """Test images per second predicted from a model's training seconds per image."""
-    return 1.0 / (EVAL_COST_SHARE * train_image_s)
+def test_pass_rate(train_image_s: float, passes: int = 2) -> float:
+    """Test images per second predicted from a model's training seconds per image and its
+    forward passes per test image (2: flip TTA, what the plan assumes before a model is
+    chosen)."""
+    return 1.0 / (EVAL_PASS_SHARE * passes * train_image_s)
 
 
 def final_reserve(n_test: int, eval_rate: float) -> float:

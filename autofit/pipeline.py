@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ import torch
 from autofit import decoder, faults, torch_data
 from autofit.batches import Batches
 from autofit.errors import one_line
+from autofit.space import Recipe
 
 DALI_GPU, DALI_CPU, TORCH = "dali-gpu", "dali-cpu", "torch"
 RESIZE_METHOD = "bilinear, antialiased when shrinking, aspect not kept (DALI fn.resize)"
@@ -102,15 +104,23 @@ def decode(path: DataPath, files: Sequence[str], height: int, width: int, channe
 
 
 def loader(path: str, images: np.ndarray, labels: np.ndarray, batch_size: int, *,
-           train: bool, hflip: bool = True, cutout: float = 0.0, seed: int = 0,
-           threads: int = 1, device: str = "cpu") -> Loader:
+           train: bool, hflip: bool = True, alternate_flip: bool = False, cutout: float = 0.0,
+           seed: int = 0, threads: int = 1, device: str = "cpu") -> Loader:
     """Batches of `images` on `device` through the run's data path."""
+    options: dict[str, Any] = {"train": train, "hflip": hflip, "alternate_flip": alternate_flip,
+                               "cutout": cutout, "seed": seed, "threads": threads,
+                               "device": device}
     if path == TORCH:
-        return torch_data.TorchBatchLoader(images, labels, batch_size, train=train, hflip=hflip,
-                                           cutout=cutout, seed=seed, threads=threads,
-                                           device=device)
-    return BatchLoader(images, labels, batch_size, train=train, hflip=hflip, cutout=cutout,
-                       seed=seed, threads=threads, device=device, gpu=path == DALI_GPU)
+        return torch_data.TorchBatchLoader(images, labels, batch_size, **options)
+    return BatchLoader(images, labels, batch_size, **options, gpu=path == DALI_GPU)
+
+
+def training_loader(path: str, images: np.ndarray, labels: np.ndarray, recipe: Recipe, *,
+                    seed: int, threads: int, device: str) -> Loader:
+    """A training loader with the recipe's batch size and augmentation."""
+    return loader(path, images, labels, recipe.batch_size, train=True, hflip=recipe.hflip,
+                  alternate_flip=recipe.alternate_flip, cutout=recipe.cutout, seed=seed,
+                  threads=threads, device=device)
 
 
 class BatchLoader(Batches):
@@ -121,16 +131,18 @@ class BatchLoader(Batches):
     """
 
     def __init__(self, images: np.ndarray | torch.Tensor, labels: np.ndarray, batch_size: int,
-                 *, train: bool, hflip: bool = True, cutout: float = 0.0, seed: int = 0,
-                 threads: int = 1, device: str = "cpu", gpu: bool = False) -> None:
+                 *, train: bool, hflip: bool = True, alternate_flip: bool = False,
+                 cutout: float = 0.0, seed: int = 0, threads: int = 1, device: str = "cpu",
+                 gpu: bool = False) -> None:
         if gpu:  # the device-resident cache: one upload per loader, none per batch
             images = torch.as_tensor(images).to(device)
-        super().__init__(images, labels, batch_size, train=train, hflip=hflip, cutout=cutout,
-                         seed=seed, threads=threads, device=device, gpu=gpu)
+        super().__init__(images, labels, batch_size, train=train, hflip=hflip,
+                         alternate_flip=alternate_flip, cutout=cutout, seed=seed,
+                         threads=threads, device=device, gpu=gpu)
         self.gpu = gpu
-        self._pipe = self._build(hflip, seed, threads)
+        self._pipe = self._build(seed, threads)
 
-    def _build(self, hflip: bool, seed: int, threads: int):  # type: ignore[no-untyped-def]
+    def _build(self, seed: int, threads: int):  # type: ignore[no-untyped-def]
         from nvidia.dali import fn, pipeline_def, types
         from nvidia.dali import math as dmath
 
@@ -144,7 +156,7 @@ class BatchLoader(Batches):
         def augment():  # type: ignore[no-untyped-def]
             images = fn.external_source(name="images", layout="HWC", dtype=types.UINT8,
                                         device=where)
-            mirror = 0
+            mirror = fn.external_source(name="mirror", dtype=types.INT32) if train else 0
             if train:
                 offsets = list(range(-pad, pad + 1))
                 start = fn.stack(fn.random.uniform(values=offsets, dtype=types.INT32),
@@ -157,8 +169,6 @@ class BatchLoader(Batches):
                         fn.random.uniform(range=[-(side // 2), width - side // 2]))
                     images = fn.erase(images, anchor=dmath.floor(anchor), shape=[side, side],
                                       axis_names="HW", fill_value=0)
-                if hflip:
-                    mirror = fn.random.coin_flip()
             return fn.crop_mirror_normalize(images, mirror=mirror, mean=[0.0], std=[255.0],
                                             output_layout="HWC", dtype=types.FLOAT)
 
@@ -171,10 +181,16 @@ class BatchLoader(Batches):
             if self.gpu:
                 yield self._gpu_batch(index), self._labels(index)
                 continue
+            self._feed_flips(index)
             self._pipe.feed_input("images", self.images[index])
             (out,) = self._pipe.run()
             x = torch.from_numpy(out.as_array()).permute(0, 3, 1, 2)  # NCHW, channels_last
             yield x.to(self.device, non_blocking=True), self._labels(index)
+
+    def _feed_flips(self, index: np.ndarray) -> None:
+        """Which images DALI mirrors (a CPU argument input, on either backend)."""
+        if self.train:
+            self._pipe.feed_input("mirror", self._flips(index).astype(np.int32))
 
     def _gpu_batch(self, index: np.ndarray) -> torch.Tensor:
         """Gather on the GPU, augment there, copy DALI's output into a torch tensor there."""
@@ -182,6 +198,7 @@ class BatchLoader(Batches):
 
         stream = torch.cuda.current_stream(self.device)
         picked = self.images[torch.from_numpy(index).to(self.device)]
+        self._feed_flips(index)
         self._pipe.feed_input("images", picked, cuda_stream=stream)
         (out,) = self._pipe.run()
         x = torch.empty(picked.shape, dtype=torch.float32, device=self.device)

@@ -68,9 +68,8 @@ def refit(dataset: Dataset, best: TrialRecord, *, stop_at: float, device: str, t
     torch.manual_seed(seed + offset)
     model = make_model(best.config, dataset.shape, mean, std, device)
     recipe = best.config.recipe
-    loader = pipeline.loader(dataset.data_path, x, y, recipe.batch_size, train=True,
-                             hflip=recipe.hflip, cutout=recipe.cutout, seed=seed + offset,
-                             threads=threads, device=device)
+    loader = pipeline.training_loader(dataset.data_path, x, y, recipe, seed=seed + offset,
+                                      threads=threads, device=device)
     rate = float(best.metrics.get("images_per_s") or 0.0)
     if resume is not None:
         seconds, steps_planned = resume["plan"]["seconds"], resume["plan"]["steps"]

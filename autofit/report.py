@@ -15,9 +15,9 @@ from autofit.search import TrialRecord
 from autofit.trial import save_state
 
 LEADERBOARD_FIELDS = ["trial", "family", "arch", "params", "optimizer", "schedule", "batch_size",
-                      "lr", "weight_decay", "label_smoothing", "dropout", "hflip", "cutout",
-                      "ema", "tta", "epochs", "train_seconds", "images_per_s", "val_accuracy",
-                      "status", "error"]
+                      "lr", "weight_decay", "label_smoothing", "dropout", "hflip",
+                      "alternate_flip", "cutout", "ema", "tta", "tta_translate", "epochs",
+                      "train_seconds", "images_per_s", "val_accuracy", "status", "error"]
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:

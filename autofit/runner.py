@@ -402,8 +402,9 @@ def _eval_rate(out_dir: Path, best: TrialRecord, dataset: Dataset, threads: int,
     measured = float(best.metrics.get("eval_images_per_s") or 0.0)
     if measured or cost is None:
         return measured or EVAL_RATE_GUESS
-    return test_pass_rate(cost.seconds(count_work(best.config.family, best.config.arch,
-                                                  dataset.shape)))
+    config = best.config
+    return test_pass_rate(cost.seconds(count_work(config.family, config.arch, dataset.shape)),
+                          config.recipe.test_passes)
 
 
 def _val_accuracy(outcome: SearchOutcome) -> float | None:

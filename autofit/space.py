@@ -126,6 +126,7 @@ class Recipe(BaseModel):
     weight_decay: float = Field(ge=0.0)
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
     hflip: bool = True
+    alternate_flip: bool = False  # with hflip: each image mirrored every other epoch (airbench)
     cutout: float = Field(default=0.0, ge=0.0, le=1.0)
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)  # SGD momentum, Adam's beta1
     optimizer: Literal["sgd", "adam", "adamw", "nadam", "sam"] = "sgd"
@@ -133,6 +134,12 @@ class Recipe(BaseModel):
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)  # before the classifier head
     ema: bool = False  # evaluate, checkpoint and export an EMA of the weights
     tta: bool = False  # average the logits of each image and its mirror (only with hflip)
+    tta_translate: bool = False  # and of its views shifted a pixel each way (3x the passes)
+
+    @property
+    def test_passes(self) -> int:
+        """Forward passes of the network per evaluated image: one per test-time view."""
+        return (2 if self.tta and self.hflip else 1) * (3 if self.tta_translate else 1)
 
 
 class TrialConfig(BaseModel):
@@ -148,8 +155,9 @@ class TrialConfig(BaseModel):
     def describe(self) -> str:
         arch = " ".join(f"{k}={v}" for k, v in self.arch.items())
         r = self.recipe
-        extras = "".join(f" {name}" for name, on in (("ema", r.ema), ("tta", r.tta and r.hflip))
-                         if on)
+        extras = "".join(f" {name}" for name, on in (
+            ("alternate_flip", r.alternate_flip and r.hflip), ("ema", r.ema),
+            ("tta", r.tta and r.hflip), ("tta_translate", r.tta_translate)) if on)
         macs = "" if self.macs is None else f", {self.macs / 1e6:.1f}M MACs"
         return (f"{self.family} {arch} ({self.params / 1e6:.3f}M params{macs}) {r.optimizer} "
                 f"{r.schedule} bs={r.batch_size} lr={r.lr:.3g} wd={r.weight_decay:.2g} "

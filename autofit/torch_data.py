@@ -59,16 +59,18 @@ class TorchBatchLoader(Batches):
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, *,
-                 train: bool, hflip: bool = True, cutout: float = 0.0, seed: int = 0,
-                 threads: int = 1, device: str = "cpu") -> None:
-        super().__init__(images, labels, batch_size, train=train, hflip=hflip, cutout=cutout,
-                         seed=seed, threads=threads, device=device)
+                 train: bool, hflip: bool = True, alternate_flip: bool = False,
+                 cutout: float = 0.0, seed: int = 0, threads: int = 1,
+                 device: str = "cpu") -> None:
+        super().__init__(images, labels, batch_size, train=train, hflip=hflip,
+                         alternate_flip=alternate_flip, cutout=cutout, seed=seed,
+                         threads=threads, device=device)
         self._gen = torch.Generator().manual_seed(seed)
-        self.hflip = hflip
 
-    def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        """Random crop of the zero-padded image, flip and Cutout, for a whole N x H x W x C
-        batch at once: pad once, pick each image's window from an unfold view of the batch."""
+    def _augment(self, x: torch.Tensor, flip: np.ndarray) -> torch.Tensor:
+        """Random crop of the zero-padded image, the mirror where `flip` says, and Cutout, for
+        a whole N x H x W x C batch at once: pad once, pick each image's window from an unfold
+        view of the batch."""
         n, height, width, channels = x.shape
         g, pad, every = self._gen, self.pad, torch.arange(n)
         padded = x.new_zeros(n, height + 2 * pad, width + 2 * pad, channels)
@@ -76,9 +78,8 @@ class TorchBatchLoader(Batches):
         windows = padded.unfold(1, height, 1).unfold(2, width, 1).permute(0, 1, 2, 4, 5, 3)
         top, left = torch.randint(0, 2 * pad + 1, (2, n), generator=g)
         out = windows[every, top, left]  # offsets -pad..pad, as DALI's padded slice
-        if self.hflip:
-            flip = every[torch.rand(n, generator=g) < 0.5]
-            out[flip] = out[flip].flip(2)
+        mirrored = every[torch.from_numpy(flip)]
+        out[mirrored] = out[mirrored].flip(2)
         if self.cut:
             top, left = (torch.randint(0, size, (n, 1), generator=g) - self.cut // 2
                          for size in (height, width))
@@ -92,6 +93,6 @@ class TorchBatchLoader(Batches):
         for index in self._indices():
             x = torch.from_numpy(np.ascontiguousarray(self.images[index]))
             if self.train:
-                x = self._augment(x)
+                x = self._augment(x, self._flips(index))
             x = x.to(self.device, non_blocking=True).float().div_(255)
             yield x.permute(0, 3, 1, 2), self._labels(index)  # NCHW view of NHWC: channels_last

@@ -84,7 +84,8 @@ def make_model(config: TrialConfig, shape: DataShape, mean: list[float], std: li
     label gets no mirrored views at test time either."""
     recipe = config.recipe
     net = models.build_for(config.family, config.arch, shape, dropout=recipe.dropout)
-    model = Classifier(net, mean, std, tta=recipe.tta and recipe.hflip)
+    model = Classifier(net, mean, std, tta=recipe.tta and recipe.hflip,
+                       translate=recipe.tta_translate)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if params != config.params:
         raise RuntimeError(f"{config.describe()}: built {params} params, counted {config.params}")
@@ -327,10 +328,9 @@ def trainable(config: dict[str, Any], data: TrialData) -> None:
     offset = resume["counters"]["steps"] if resume else 0  # a resumed trial sees new batches
     torch.manual_seed(data.seed + offset)
     model = make_model(trial, data.shape, data.mean, data.std, data.device)
-    loader = pipeline.loader(data.data_path, data.x_train, data.y_train,
-                             trial.recipe.batch_size, train=True, hflip=trial.recipe.hflip,
-                             cutout=trial.recipe.cutout, seed=data.seed + offset,
-                             threads=data.threads, device=data.device)
+    loader = pipeline.training_loader(data.data_path, data.x_train, data.y_train, trial.recipe,
+                                      seed=data.seed + offset, threads=data.threads,
+                                      device=data.device)
     faults.install(model, number, loader.batch_size)  # the batch it trains at: small data caps it
     val = pipeline.loader(data.data_path, data.x_val, data.y_val, EVAL_BATCH, train=False,
                           threads=data.threads, device=data.device)

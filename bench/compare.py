@@ -384,9 +384,8 @@ def fit_and_score(model: Any, recipe: Any, data: Data, deadline: float, folder: 
     from autofit.trial import train
 
     reserve, ort_rate = end_reserve(model, data, folder, threads)
-    loader = pipeline.loader(data.path, data.x, data.y, recipe.batch_size, train=True,
-                             hflip=recipe.hflip, cutout=recipe.cutout, seed=seed,
-                             threads=threads, device=device)
+    loader = pipeline.training_loader(data.path, data.x, data.y, recipe, seed=seed,
+                                      threads=threads, device=device)
     stop = deadline - reserve
     tick = time.time()
     final = train(model, loader, recipe, stop_at=stop, total_seconds=max(stop - tick, 1e-3))

@@ -5,8 +5,9 @@
 
 One fixed small model (ResNet depth 8, width 16) trains for the same wall-clock seconds with
 the baseline recipe and with each knob changed one at a time (optimizers, schedule, label
-smoothing, dropout, EMA, test-time flips, cutout), through autofit's own loop (`trial.train`,
-time-driven schedule, as a search trial trains), and is scored on held-out images from the
+smoothing, dropout, EMA, test-time flips, alternating flips, cutout), through autofit's own
+loop (`trial.train`, time-driven schedule, as a search trial trains), and is scored on
+held-out images from the
 test folder. Equal seconds, not equal epochs: SAM's second pass and TTA's second view are
 charged as a run would pay for them. Writes bench/results/recipes.json and prints a table.
 """
@@ -46,6 +47,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "dropout=0.2": {"dropout": 0.2},
     "ema=true": {"ema": True},
     "tta=true": {"tta": True},
+    "alternate_flip=true": {"alternate_flip": True},
     "cutout=0.25": {"cutout": 0.25},
 }
 
@@ -75,9 +77,8 @@ def run_variant(data: Dataset, recipe: Recipe, arch: dict[str, int], seconds: fl
                          params=models.count_for("resnet", arch, shape))
     torch.manual_seed(seed)
     model = make_model(config, shape, *data.mean_std, device=device)
-    loader = pipeline.loader(data.data_path, data.x_train, data.y_train, recipe.batch_size,
-                             train=True, hflip=recipe.hflip, cutout=recipe.cutout, seed=seed,
-                             threads=threads, device=device)
+    loader = pipeline.training_loader(data.data_path, data.x_train, data.y_train, recipe,
+                                      seed=seed, threads=threads, device=device)
     val = pipeline.loader(data.data_path, data.x_val, data.y_val, EVAL_BATCH, train=False,
                           threads=threads, device=device)
     start = time.time()

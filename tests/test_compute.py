@@ -3,6 +3,8 @@ each, and the split and compute cap the plan turns them into, which sampling res
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from torch import nn
 
 from autofit import models, probe
 from autofit.budget import (
-    EVAL_COST_SHARE,
+    EVAL_PASS_SHARE,
     MIN_REFIT_IMAGES,
     Budget,
     Clock,
@@ -21,7 +23,7 @@ from autofit.budget import (
 )
 from autofit.models import DataShape
 from autofit.presets import preset
-from autofit.space import SearchSpace
+from autofit.space import Recipe, SearchSpace, TrialConfig
 
 CIFAR = DataShape(3, 32, 32, 10)
 
@@ -118,9 +120,31 @@ def test_the_plan_keeps_back_the_test_pass_the_measured_cost_predicts():
     budget = Budget(minutes=10, max_params="2M")
     guessed = Plan.make(budget, Clock(budget.seconds), 10_000, n_train=50_000)
     priced = Plan.make(budget, Clock(budget.seconds), 10_000, n_train=50_000, cost=COST)
-    rate = 1 / (EVAL_COST_SHARE * COST.reference_s)
+    rate = 1 / (2 * EVAL_PASS_SHARE * COST.reference_s)  # flip TTA: two passes
     assert priced.final_reserve_s == pytest.approx(final_reserve(10_000, rate), abs=0.01)
     assert priced.final_reserve_s < guessed.final_reserve_s - 5
+
+
+def test_an_untrained_models_test_pass_is_priced_by_its_test_time_views(tmp_path):
+    """A skipped search's prior was never timed: its reserve comes from the probe's price of
+    its work, times its forward passes per test image (translate TTA: 6, flip TTA: 2)."""
+    from autofit.runner import _eval_rate
+    from autofit.search import TrialRecord
+
+    arch = {"width": 16, "depth": 2}
+    data = SimpleNamespace(shape=CIFAR)
+
+    def rate(**recipe):
+        config = TrialConfig(family="fastnet", arch=arch, params=1,
+                             recipe=Recipe(batch_size=256, lr=0.2, weight_decay=5e-4, **recipe))
+        return _eval_rate(tmp_path, TrialRecord(0, "", config), data, 1, COST)
+
+    flip = rate(tta=True)
+    assert flip == pytest.approx(
+        1 / (2 * EVAL_PASS_SHARE * COST.seconds(models.count_work("fastnet", arch, CIFAR))))
+    assert rate(tta=True, tta_translate=True) == pytest.approx(flip / 3)
+    assert rate() == pytest.approx(2 * flip)
+    assert rate(tta=True, hflip=False) == pytest.approx(2 * flip)  # no mirror: one view
 
 
 def test_the_split_follows_the_cost_of_an_epoch():

@@ -256,11 +256,36 @@ def test_tta_logits_are_the_mean_of_the_image_and_its_mirror():
     assert len(calls) == 1  # training sees one view: the loader already flips at random
 
 
-def test_onnx_export_with_tta_matches_pytorch(tmp_path):
+def test_translate_tta_adds_the_views_shifted_a_pixel_each_way():
+    plain, both = _model(tta=True), _model(tta=True)  # the same seeded weights
+    both.translate = True
+    x = torch.rand(5, 1, 8, 8)
+    up_left = torch.tensor([1, 0, 1, 2, 3, 4, 5, 6])  # row i shows row i-1, mirrored at the edge
+    down_right = torch.tensor([1, 2, 3, 4, 5, 6, 7, 6])  # row i shows row i+1
+    with torch.no_grad():
+        plain.eval()
+        both.eval()
+        shifted = [x[:, :, rows][:, :, :, rows] for rows in (up_left, down_right)]
+        want = plain(x) / 2 + (plain(shifted[0]) + plain(shifted[1])) / 4
+        assert torch.allclose(both(x), want, atol=1e-6)
+        assert not torch.allclose(both(x), plain(x), atol=1e-4)
+        passes = []
+        hook = both.net.register_forward_hook(lambda *_: passes.append(1))
+        both(x)
+        hook.remove()
+        assert len(passes) == 6  # three positions, each with its mirror
+    both.train()
+    calls = _count_forwards(both.net)
+    both(x)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("translate", [False, True])
+def test_onnx_export_with_tta_matches_pytorch(tmp_path, translate):
     torch.manual_seed(0)
     shape = DataShape(3, 16, 16, 4)
     model = Classifier(models.build_for("resnet", ARCH, shape), [0.4, 0.5, 0.6],
-                       [0.2, 0.25, 0.3], tta=True)
+                       [0.2, 0.25, 0.3], tta=True, translate=translate)
     model.train()
     for _ in range(3):  # move BatchNorm statistics away from their defaults
         model(torch.rand(16, 3, 16, 16))
@@ -274,7 +299,7 @@ def test_onnx_export_with_tta_matches_pytorch(tmp_path):
     with torch.no_grad():
         tensor = torch.from_numpy(inputs)
         want = model(tensor).numpy()
-        model.tta = False
+        model.tta = model.translate = False
         single = model(tensor).numpy()
     assert np.abs(got - want).max() <= 1e-3 and np.abs(got - single).max() > 1e-3
 
@@ -287,10 +312,13 @@ def _config(**recipe):
 def test_make_model_takes_dropout_and_flips_only_where_training_flips():
     model = make_model(_config(dropout=0.3, tta=True), SHAPE, [0.3], [0.3])
     assert [m.p for m in model.modules() if isinstance(m, nn.Dropout)] == [0.3]
-    assert model.tta
+    assert model.tta and not model.translate
     assert not make_model(_config(tta=True, hflip=False), SHAPE, [0.3], [0.3]).tta
+    assert make_model(_config(tta_translate=True), SHAPE, [0.3], [0.3]).translate
     assert "sgd onecycle" in _config().describe()
     assert _config(ema=True, tta=True, optimizer="sam").describe().endswith("ema tta")
+    assert _config(alternate_flip=True, tta=True, tta_translate=True).describe().endswith(
+        "alternate_flip tta tta_translate")
 
 
 def test_best_so_far_exports_the_ema_weights(tmp_path):

@@ -150,8 +150,9 @@ def test_cutout_zeroes_a_square_and_the_rest_is_a_crop():
             pad_zero = pad_zero.flip(1) if flip else pad_zero
             cut = zero & ~pad_zero
             rows, cols = cut.any(1).nonzero(), cut.any(0).nonzero()
-            if not len(rows):
-                continue  # the square fell in the padding
+            if not len(rows):  # the square fell in the padding: nothing to see
+                ok = True
+                continue
             h, w = int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
             box = cut[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
             ok |= h <= 4 and w <= 4 and bool(box.all())
@@ -215,6 +216,40 @@ def test_crops_match_the_dali_loader_semantics():
     ours = _offsets(TorchBatchLoader(x, np.arange(48), 48, train=True, hflip=False), x, 2)
     assert dali <= every and ours <= every  # both crop the same zero-padded source
     assert len(dali) > 10 and len(ours) > 10  # offsets spread over the same range
+
+
+def _mirrored(loader, x, pad):
+    """One epoch: for each image, whether the view of it the loader gave is mirrored."""
+    views = {}
+    for xb, yb in loader:
+        for img, label in zip(xb, yb, strict=True):
+            flips = {f for *_, f in _placements(img, x[int(label)], pad)}
+            assert len(flips) == 1, f"image {int(label)}: views {flips}"
+            views[int(label)] = flips.pop()
+    return views
+
+
+@pytest.mark.parametrize("dali", [False, True], ids=["torch", "dali"])
+def test_alternate_flip_mirrors_each_image_in_every_other_epoch(dali):
+    if dali:
+        pytest.importorskip("nvidia.dali")
+        from autofit.pipeline import BatchLoader as make
+    else:
+        make = TorchBatchLoader
+    x, _ = _images(64, size=12)
+    x = np.maximum(x, 1)  # no pixel looks like the zero padding
+
+    def epochs(alternate):
+        loader = make(x, np.arange(64), 16, train=True, alternate_flip=alternate, seed=4)
+        return [_mirrored(loader, x, 2) for _ in range(3)]
+
+    first, second, third = epochs(alternate=True)
+    assert len(first) == len(second) == len(third) == 64
+    assert 16 < sum(first.values()) < 48  # a random half in the first epoch
+    assert all(second[i] != first[i] and third[i] == first[i] for i in range(64))
+    coins = epochs(alternate=False)  # a coin each epoch: some image keeps its view
+    assert any(coins[1][i] == coins[0][i] for i in range(64))
+    assert any(coins[1][i] != coins[0][i] for i in range(64))
 
 
 def test_works_without_dali(tmp_path):

@@ -86,25 +86,38 @@ class Classifier(nn.Module):
     """A family's network behind per-channel normalisation, so callers feed pixels in [0, 1].
 
     The same module trains and is exported: normalisation travels inside the ONNX graph, and
-    so does test-time augmentation: with `tta`, eval mode returns the mean of the logits of
-    each image and of its horizontal mirror (two passes of the network), so validation, the
-    ONNX files and their test accuracy all see it. `tta` is a plain attribute, not a buffer:
-    state_dict keys are the same with and without it.
+    so does test-time augmentation. In eval mode, `tta` averages the logits of each image and
+    of its horizontal mirror (two passes of the network), and `translate` (airbench's second
+    TTA level) averages those, weighted one half, with the mean of the same views shifted one
+    pixel up-left and down-right (edges reflected), so three times the passes; validation,
+    the ONNX files and their test accuracy all see it. Both are plain attributes, not buffers:
+    state_dict keys are the same with and without them.
     """
 
     def __init__(self, net: nn.Module, mean: list[float], std: list[float],
-                 tta: bool = False) -> None:
+                 tta: bool = False, translate: bool = False) -> None:
         super().__init__()
         self.net = net
         self.tta = tta
+        self.translate = translate
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
         x = (x - self.mean) / self.std
-        if self.tta and not self.training:
-            return (self.net(x) + self.net(x.flip(3))) / 2
-        return self.net(x)
+        if self.training:
+            return self.net(x)
+        logits = self._mirrored(x)
+        if self.translate:
+            height, width = x.shape[2:]
+            padded = nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+            shifted = (self._mirrored(padded[:, :, :height, :width])
+                       + self._mirrored(padded[:, :, 2:, 2:])) / 2
+            logits = (logits + shifted) / 2
+        return logits
+
+    def _mirrored(self, x: Tensor) -> Tensor:
+        return (self.net(x) + self.net(x.flip(3))) / 2 if self.tta else self.net(x)
 
 
 class DataShape(NamedTuple):

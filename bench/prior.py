@@ -1,0 +1,120 @@
+"""Benchmark: the space's prior recipe against variants of it, at a fixed epoch count, each
+model scored with each set of test-time views.
+
+    python bench/prior.py                 # all variants, fastnet width 16, 6 epochs, 1 seed
+    python bench/prior.py --only baseline alternate_flip=true --seeds 2
+    python bench/prior.py --epochs 0.5 --train-per-class 50 --test-per-class 20 --out /tmp/p.json
+
+The prior (`first:` of search_spaces/default.yaml, fastnet depth 2) trains on the CIFAR-10
+JPEGs through autofit's own loader and trainer for a fixed number of epochs, so the
+machine's speed drift does not touch the accuracies: as it is (`baseline`) and with one
+training knob changed (learning rate, weight decay, airbench's alternating flip, EMA). Each
+trained model is then scored on the test folder three ways, by switching its Classifier's
+test-time views: none, flip TTA (2 passes) and flip plus the views shifted a pixel each way
+(6 passes), with the images/s of each, what the final test pass pays for them. Writes
+bench/results/prior.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, add_data_argument, check_data, write_record  # noqa: E402
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "baseline": {},
+    "lr=0.1": {"lr": 0.1},
+    "lr=0.2": {"lr": 0.2},
+    "lr=0.4": {"lr": 0.4},
+    "lr=0.8": {"lr": 0.8},
+    "lr=1.6": {"lr": 1.6},
+    "weight_decay=1e-3": {"weight_decay": 1e-3},
+    "lr=0.4,weight_decay=1e-3": {"lr": 0.4, "weight_decay": 1e-3},
+    "lr=0.8,weight_decay=1e-3": {"lr": 0.8, "weight_decay": 1e-3},
+    "alternate_flip=true": {"alternate_flip": True},
+    "ema=true": {"ema": True},
+}
+VIEWS = {"none": (False, False), "flip": (True, False), "flip+translate": (True, True)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_argument(parser)
+    parser.add_argument("--epochs", type=float, default=6.0)
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--seeds", type=int, default=1, help="runs per variant")
+    parser.add_argument("--only", nargs="*", choices=list(VARIANTS), default=None)
+    parser.add_argument("--train-per-class", type=int, default=0, help="0: all 5,000")
+    parser.add_argument("--test-per-class", type=int, default=0, help="0: all 1,000")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "prior.json")
+    args = parser.parse_args()
+    if not check_data(args.data, splits=True):
+        return 2
+
+    import torch
+    from recipes import load
+
+    from autofit import models, pipeline
+    from autofit.presets import preset
+    from autofit.space import Recipe, SearchSpace, TrialConfig
+    from autofit.trial import EVAL_BATCH, evaluate, make_model, train
+
+    torch.set_num_threads(args.threads)
+    path = pipeline.choose("cpu")
+    data = load(args.data, args.train_per_class, args.test_per_class, args.threads, path)
+    first = SearchSpace.load(preset("search_spaces", "default")).first
+    if first is None:
+        raise SystemExit("bench: search_spaces/default.yaml has no first: prior")
+    arch = {**first.arch, "width": args.width}
+    test = pipeline.loader(data.data_path, data.x_val, data.y_val, EVAL_BATCH, train=False,
+                           threads=args.threads)
+    runs: list[dict[str, Any]] = []
+    for seed in range(args.seeds):
+        for name in args.only or list(VARIANTS):
+            recipe = Recipe.model_validate({**first.training, **VARIANTS[name]})
+            config = TrialConfig(family=first.family, arch=arch, recipe=recipe,
+                                 params=models.count_for(first.family, arch, data.shape))
+            torch.manual_seed(seed)
+            model = make_model(config, data.shape, *data.mean_std)
+            loader = pipeline.training_loader(data.data_path, data.x_train, data.y_train,
+                                              recipe, seed=seed, threads=args.threads,
+                                              device="cpu")
+            tick = time.perf_counter()
+            final = train(model, loader, recipe, stop_at=math.inf,
+                          total_steps=args.epochs * len(loader))
+            run: dict[str, Any] = {"variant": name, "seed": seed, "epochs": final.epoch,
+                                   "train_s": round(time.perf_counter() - tick, 1), "test": {}}
+            for view, (tta, translate) in VIEWS.items():
+                model.tta, model.translate = tta, translate
+                accuracy, rate, _ = evaluate(model, test)
+                run["test"][view] = {"accuracy": round(accuracy, 4), "images_per_s": round(rate)}
+            runs.append(run)
+            print(f"seed {seed} {name:20s} " + "  ".join(
+                f"{v} {run['test'][v]['accuracy']:.4f}" for v in VIEWS), flush=True)
+    means = {name: {view: round(statistics.fmean(
+        r["test"][view]["accuracy"] for r in runs if r["variant"] == name), 4) for view in VIEWS}
+        for name in dict.fromkeys(r["variant"] for r in runs)}
+    gains = [round(r["test"]["flip+translate"]["accuracy"] - r["test"]["flip"]["accuracy"], 4)
+             for r in runs]
+    print(f"{'mean test accuracy':28s}" + "".join(f"{view:>16s}" for view in VIEWS))
+    for name, row in means.items():
+        print(f"{name:28s}" + "".join(f"{row[view]:16.4f}" for view in VIEWS))
+    record = {"bench": "prior", "data": str(args.data), "epochs": args.epochs,
+              "seeds": args.seeds, "model": {"family": first.family, **arch},
+              "baseline": first.training, "variants": {n: VARIANTS[n] for n in means},
+              "train_images": len(data.y_train), "test_images": len(data.y_val),
+              "data_path": data.data_path, "mean_test_accuracy": means,
+              "translate_gain_over_flip": gains, "runs": runs}
+    return write_record(args.out, record)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
