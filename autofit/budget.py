@@ -244,7 +244,7 @@ class Plan(BaseModel):
     @classmethod
     def make(cls, budget: Budget, clock: Clock, n_test: int, n_train: int = 0,
              cost: Cost | None = None, reduction_factor: int = 3, rungs: int = 3,
-             prior: bool = False) -> Plan:
+             prior: bool = False, test_passes: int = 2) -> Plan:
         """The split and, with a measured `cost`, the compute cap: a model whose refit on
         `n_train` images could not see `budget.min_epochs` epochs (and MIN_REFIT_IMAGES
         images) in `refit_s` is not tried.
@@ -256,7 +256,7 @@ class Plan(BaseModel):
         under `budget.min_rung_epochs`, and the space has a `prior` to fall back on, the search is
         skipped and all the trainable time goes to the prior."""
         left = clock.left()
-        eval_rate = test_pass_rate(cost.reference_s) if cost else EVAL_RATE_GUESS
+        eval_rate = test_pass_rate(cost.reference_s, test_passes) if cost else EVAL_RATE_GUESS
         reserve = final_reserve(n_test, eval_rate)
         trainable = left - reserve
         if trainable < 2 * MIN_TRIAL_S:
@@ -309,8 +309,7 @@ class Plan(BaseModel):
 
 def test_pass_rate(train_image_s: float, passes: int = 2) -> float:
     """Test images per second predicted from a model's training seconds per image and its
-    forward passes per test image (2: flip TTA, what the plan assumes before a model is
-    chosen)."""
+    forward passes per test image (2: flip TTA)."""
     return 1.0 / (EVAL_PASS_SHARE * passes * train_image_s)
 
 

@@ -92,15 +92,15 @@ def candidates(probe: Probe) -> list[TrialConfig]:
 
 def probe_peak_memory(probe: Probe) -> int | None:
     """Bytes of GPU memory the most demanding probed trial holds: the peak PyTorch reserved
-    during one training step (forward under bf16 autocast, backward, optimizer step) with the
+    during one training step (forward under training's autocast, backward, optimizer step) with the
     data cache in place, plus PROCESS_BYTES. None without CUDA: the caller keeps one trial
     per GPU. A probe that runs out of memory returns the device's whole memory (one trial)."""
     import torch
 
     if not torch.cuda.is_available():
         return None
-    from autofit import optim
-    from autofit.trial import autocast, make_model
+    from autofit import optim, precision
+    from autofit.trial import make_model
 
     device = torch.device("cuda")
     total = torch.cuda.get_device_properties(device).total_memory
@@ -118,7 +118,7 @@ def probe_peak_memory(probe: Probe) -> int | None:
             x = torch.rand(batch, shape.channels, shape.height, shape.width, device=device)
             x = x.contiguous(memory_format=torch.channels_last)
             y = torch.randint(0, shape.num_classes, (batch,), device=device)
-            with autocast(True):
+            with precision.autocast("cuda"):
                 loss = torch.nn.functional.cross_entropy(model(x), y)
             loss.backward()
             opt.step()

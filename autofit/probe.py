@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from autofit import models
+from autofit import models, precision
 from autofit.budget import Cost
 from autofit.models import DataShape
 
@@ -30,17 +30,21 @@ PROBE_S = 1.0
 
 def seconds_per_image(family: str, arch: dict[str, int], shape: DataShape, device: str,
                       seconds: float = PROBE_S) -> float:
-    """Measured training seconds per image (SGD steps on random pixels, no data loading)."""
+    """Measured training seconds per image (SGD steps on random pixels, no data loading), at
+    the precision training runs at on `device` (autofit/precision.py)."""
     net = models.build_for(family, arch, shape).to(device, memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     x = torch.rand(BATCH, shape.channels, shape.height, shape.width, device=device)
     x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, shape.num_classes, (BATCH,), device=device)
     loss_fn = nn.CrossEntropyLoss()
+    bf16 = precision.choose(device).bf16
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        loss_fn(net(x), y).backward()
+        with precision.autocast(device, bf16):
+            loss = loss_fn(net(x), y)
+        loss.backward()
         opt.step()
 
     step()  # the first step pays for allocations and kernel choice
@@ -62,10 +66,27 @@ def cost(shape: DataShape, device: str, threads: int) -> Cost:
     work = np.array([models.count_work(f, a, shape) for f, a in REFERENCES], dtype=float)
     times = np.array([seconds_per_image(f, a, shape, device) for f, a in REFERENCES])
     try:
-        s_per_mac, s_per_act = np.linalg.solve(work, times)
+        prices = np.linalg.solve(work, times)
     except np.linalg.LinAlgError:
-        s_per_mac, s_per_act = -1.0, -1.0
-    if s_per_mac <= 0 or s_per_act <= 0:  # noise made one price negative: one price, MACs
-        s_per_mac, s_per_act = float(times[-1] / work[-1, 0]), 0.0
-    return Cost(s_per_mac=float(s_per_mac), s_per_act=float(s_per_act),
+        prices = np.array([-1.0, -1.0])
+    if (prices <= 0).any():
+        prices = one_price(work, times)
+    return Cost(s_per_mac=float(prices[0]), s_per_act=float(prices[1]),
                 reference_s=float(times[-1]))
+
+
+def one_price(work: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Where the two references make one price negative, a single price, per MAC or per
+    activation, whichever times both references closer (least squares, then the worse of
+    the two ratios). Noise can do it; so does bf16 on a CPU, where MACs got so cheap that the
+    narrow reference took as long as the wide one (0.39 against 0.40 ms per image) with a
+    tenth of its MACs and half its activations: priced by MACs alone, the narrow nets came
+    out 10x too cheap, by activations alone within 0.6-1.5x (models of every family)."""
+    best, best_error = np.zeros(2), np.inf
+    for column in range(2):
+        counts = work[:, column]
+        price = float(times @ counts / (counts @ counts))
+        error = float(np.max(np.abs(np.log(price * counts / times))))
+        if price > 0 and error < best_error:
+            best, best_error = np.eye(2)[column] * price, error
+    return best

@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from autofit import __version__, events, faults, live, pipeline, probe
+from autofit import __version__, events, faults, live, pipeline, precision, probe
 from autofit import best as best_module
 from autofit.best import BestSoFar
 from autofit.budget import (
@@ -141,17 +141,20 @@ def _phase(clock: Clock, log: logging.Logger, name: str) -> None:
 
 
 def _device(log: logging.Logger) -> tuple[str, pipeline.DataPath]:
-    """The device trials train on and the data path that feeds them, both said in the log."""
+    """The device trials train on, the data path that feeds them and the precision they train
+    at, all said in the log."""
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     path = pipeline.choose(device)
+    amp = precision.choose(device)
     where = f"cuda ({torch.cuda.get_device_name(0)})" if device == "cuda" else \
         "cpu (no GPU found)"
     level = logging.WARNING if path.name == pipeline.TORCH else logging.INFO
-    emit(log, "device", "device: %s; data path %s: %s", where, path.name, path.reason,
-         level=level, device=device, data_path=path.name, reason=path.reason,
-         summary=f"device {where} · data path {path.name}")
+    emit(log, "device", "device: %s; data path %s: %s; precision %s", where, path.name,
+         path.reason, amp.reason, level=level, device=device, data_path=path.name,
+         reason=path.reason, precision=amp.name,
+         summary=f"device {where} · data path {path.name} · {amp.name}")
     return device, path
 
 
@@ -427,13 +430,14 @@ def _render_report(out_dir: Path, log: logging.Logger) -> None:
 
 
 def _new_plan(budget: Budget, clock: Clock, dataset: Dataset, cost: Cost | None,
-              prior: bool) -> Plan:
+              space: SearchSpace, prior: bool) -> Plan:
     return Plan.make(budget, clock, len(dataset.y_test),
-                     n_train=len(dataset.y_train) + len(dataset.y_val), cost=cost, prior=prior)
+                     n_train=len(dataset.y_train) + len(dataset.y_val), cost=cost, prior=prior,
+                     test_passes=space.prior_test_passes)
 
 
 def _plan(journal: Journal, budget: Budget, clock: Clock, dataset: Dataset,
-          cost: Cost | None) -> Plan:
+          cost: Cost | None, space: SearchSpace) -> Plan:
     """The split decided when the run began. A resumed search gets the search time it had
     left, cut to its planned share of what is left now (the restart's own set-up is not the
     refit's loss), and keeps its trial length, milestones and compute cap so ASHA compares
@@ -442,7 +446,7 @@ def _plan(journal: Journal, budget: Budget, clock: Clock, dataset: Dataset,
     """
     recorded = journal.get("plan")
     if recorded is None:
-        plan = _new_plan(budget, clock, dataset, cost, prior=False)
+        plan = _new_plan(budget, clock, dataset, cost, space, prior=False)
         journal.set(plan=plan.model_dump())
         return plan
     plan = Plan.model_validate(recorded)
@@ -470,7 +474,7 @@ def _search(journal: Journal, dataset: Dataset, space: SearchSpace, budget: Budg
     early = None if recorded is None else Plan.model_validate(recorded)  # an earlier life's
     if early is None and budget.min_epochs > 0:  # whether to search is decided before Ray
         cost = probe.cost(dataset.shape, device, threads)  # starts: no search needs none
-        early = _new_plan(budget, clock, dataset, cost, prior=space.first is not None)
+        early = _new_plan(budget, clock, dataset, cost, space, prior=space.first is not None)
     prior = None if early is None or early.searched else \
         space.first_config(dataset.shape, budget.max_params, early.cap)
     if early is not None and prior is not None:  # a prior over the caps: the search runs
@@ -482,7 +486,7 @@ def _search(journal: Journal, dataset: Dataset, space: SearchSpace, budget: Budg
                           train_images=len(dataset.y_train), seed=args.seed)
     with ray_session(args.ray_address, threads, device, log, packing_probe) as workers:
         journal.set(workers={"where": workers.where, "packing": workers.packing})
-        plan = _plan(journal, budget, clock, dataset, cost)
+        plan = _plan(journal, budget, clock, dataset, cost, space)
         cap = "no compute cap" if plan.max_image_s is None else (
             f"compute cap {plan.max_image_s * 1e3:.2f} ms per training image "
             f"({budget.min_epochs:g} refit epochs)")
@@ -573,6 +577,7 @@ def _summary(budget: Budget, clock: Clock, plan: Plan, dataset: Dataset, outcome
         "device": device,
         "workers": journal.get("workers"),
         "data_pipeline": dataset.data_path,
+        "precision": precision.choose(device).name,
         "threads": os.cpu_count(),
         "data": {"name": dataset.name, "source": dataset.source, "sizes": dataset.sizes(),
                  "resolution": dataset.resolution._asdict(),

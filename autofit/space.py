@@ -137,9 +137,15 @@ class Recipe(BaseModel):
     tta_translate: bool = False  # and of its views shifted a pixel each way (3x the passes)
 
     @property
+    def mirror_tta(self) -> bool:
+        """Test-time mirrors only where training mirrors: a space that turns `hflip` off
+        because a mirror changes the label gets no mirrored views at test time either."""
+        return self.tta and self.hflip
+
+    @property
     def test_passes(self) -> int:
         """Forward passes of the network per evaluated image: one per test-time view."""
-        return (2 if self.tta and self.hflip else 1) * (3 if self.tta_translate else 1)
+        return (2 if self.mirror_tta else 1) * (3 if self.tta_translate else 1)
 
 
 class TrialConfig(BaseModel):
@@ -157,7 +163,7 @@ class TrialConfig(BaseModel):
         r = self.recipe
         extras = "".join(f" {name}" for name, on in (
             ("alternate_flip", r.alternate_flip and r.hflip), ("ema", r.ema),
-            ("tta", r.tta and r.hflip), ("tta_translate", r.tta_translate)) if on)
+            ("tta", r.mirror_tta), ("tta_translate", r.tta_translate)) if on)
         macs = "" if self.macs is None else f", {self.macs / 1e6:.1f}M MACs"
         return (f"{self.family} {arch} ({self.params / 1e6:.3f}M params{macs}) {r.optimizer} "
                 f"{r.schedule} bs={r.batch_size} lr={r.lr:.3g} wd={r.weight_decay:.2g} "
@@ -331,6 +337,13 @@ class SearchSpace(BaseModel):
         fitted = self.fit(family, drawn, shape, max_params, target, cap)
         return None if fitted is None else \
             self._config(family, fitted[0], training, shape, max_params)
+
+    @property
+    def prior_test_passes(self) -> int:
+        """Forward passes per test image of the prior's test-time views (flip TTA's 2 in a
+        space without one): what the plan prices the final test pass at before a model is
+        chosen; a skipped search exports the prior itself."""
+        return 2 if self.first is None else Recipe(**self.first.training).test_passes
 
     def first_config(self, shape: DataShape, max_params: int,
                      cap: ComputeCap | None = None) -> TrialConfig | None:

@@ -3,8 +3,9 @@
 The loop is bounded twice: by its schedule (`total_seconds` of training, or `total_steps`),
 which drives the learning rate so a cut-short run still anneals, and by `stop_at`, a hard
 wall-clock stop that leaves time for the final evaluation. `trainable` wraps it for Ray Tune.
-The recipe's optimizer, schedule, SAM and weight EMA come from autofit/optim.py; on a GPU the
-forward pass and loss run under bf16 autocast (float32 weights and optimizer state).
+The recipe's optimizer, schedule, SAM and weight EMA come from autofit/optim.py; the forward
+pass and loss run under bf16 autocast where the device computes bf16 natively
+(autofit/precision.py), with float32 weights and optimizer state.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from autofit import faults, models, optim, pipeline
+from autofit import faults, models, optim, pipeline, precision
 from autofit.models import Classifier, DataShape
 from autofit.pipeline import Loader
 from autofit.space import Recipe, TrialConfig
@@ -79,12 +80,10 @@ class Counters:
 def make_model(config: TrialConfig, shape: DataShape, mean: list[float], std: list[float],
                device: str = "cpu") -> Classifier:
     """The config's model on `device`, channels_last (what the loaders feed), with its
-    parameter count checked against the one the search fitted to the cap. Test-time flips
-    only where training flips: a space that turns `hflip` off because a mirror changes the
-    label gets no mirrored views at test time either."""
+    parameter count checked against the one the search fitted to the cap."""
     recipe = config.recipe
     net = models.build_for(config.family, config.arch, shape, dropout=recipe.dropout)
-    model = Classifier(net, mean, std, tta=recipe.tta and recipe.hflip,
+    model = Classifier(net, mean, std, tta=recipe.mirror_tta,
                        translate=recipe.tta_translate)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if params != config.params:
@@ -94,13 +93,6 @@ def make_model(config: TrialConfig, shape: DataShape, mean: list[float], std: li
 
 def on_gpu(model: nn.Module) -> bool:
     return any(p.is_cuda for p in model.parameters())
-
-
-def autocast(gpu: bool) -> torch.autocast:
-    """bf16 autocast on a GPU (its tensor cores; no loss scaling needed, unlike fp16), off on
-    the CPU, where bf16 is slower than float32 on most machines. Weights, gradients and
-    optimizer state stay float32; cross-entropy runs in float32 under autocast."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=gpu)
 
 
 def weights(state: TrainState) -> dict[str, torch.Tensor]:
@@ -113,13 +105,14 @@ def evaluate(model: nn.Module, loader: Loader,
              stop_at: float = math.inf) -> tuple[float, float, int]:
     """Accuracy on `loader`, the images/s it ran at, and how many images it saw: it stops
     early (after at least one batch) at `stop_at`, so a deadline also bounds evaluation.
-    Loaders keep a seeded shuffled order, so a cut-short pass is still a fair sample."""
+    Loaders keep a seeded shuffled order, so a cut-short pass is still a fair sample. On a
+    CPU it runs in float32, as the exported model does (autofit/precision.py)."""
     model.eval()
     correct = total = 0
     gpu = on_gpu(model)
     start = time.perf_counter()
     for x, y in loader:
-        with autocast(gpu):
+        with precision.autocast("cuda") if gpu else contextlib.nullcontext():
             logits = model(x)
         correct += int((logits.argmax(1) == y).sum())
         total += len(y)
@@ -142,9 +135,11 @@ def train(model: nn.Module, loader: Loader, recipe: Recipe, *, stop_at: float,
     callable giving the full training state, for checkpoints); `save` gets that state every
     `save_every_s`. `resume` (such a state) continues where it was taken, schedule and EMA
     included. Out of memory, it retries with half the batch (and half the learning rate),
-    twice at most. A step is one forward and backward pass, two with SAM. With `recipe.ema`,
-    evaluations use the averaged weights, and the model holds them when this returns (what
-    the refit exports).
+    twice at most. A batch the loader capped at the training set's size scales the learning
+    rate down the same way (Goyal et al.'s linear rule): the recipe's lr is for its batch. A
+    step is one forward and backward pass, two with SAM. With `recipe.ema`, evaluations use
+    the averaged weights, and the model holds them when this returns (what the refit
+    exports).
     """
     if math.isinf(total_seconds) and math.isinf(total_steps):
         raise ValueError("train needs total_seconds or total_steps")
@@ -152,9 +147,12 @@ def train(model: nn.Module, loader: Loader, recipe: Recipe, *, stop_at: float,
     opt = optim.build(model, recipe)
     sam = optim.SAM(opt, model) if recipe.optimizer == "sam" else None
     peak, gpu = optim.peak_lr(recipe), on_gpu(model)
+    device_type = "cuda" if gpu else "cpu"
+    bf16 = precision.choose(device_type).bf16
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     n_val = len(val.images) if val is not None else 0
-    c = Counters(batch_size=loader.batch_size)
+    c = Counters(batch_size=loader.batch_size,
+                 lr_scale=min(1.0, loader.batch_size / recipe.batch_size))
     if resume is not None:
         model.load_state_dict(resume["model"])
         opt.load_state_dict(resume["optimizer"])
@@ -170,7 +168,7 @@ def train(model: nn.Module, loader: Loader, recipe: Recipe, *, stop_at: float,
     saved_at, step_s = time.time(), 0.0
 
     def forward_backward(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with autocast(gpu):
+        with precision.autocast(device_type, bf16):
             loss = loss_fn(model(x), y)
         loss.backward()
         return loss

@@ -4,6 +4,7 @@ model scored with each set of test-time views.
     python bench/prior.py                 # all variants, fastnet width 16, 6 epochs, 1 seed
     python bench/prior.py --only baseline alternate_flip=true --seeds 2
     python bench/prior.py --epochs 0.5 --train-per-class 50 --test-per-class 20 --out /tmp/p.json
+    AUTOFIT_PRECISION=fp32 python bench/prior.py --only baseline   # float32 (autofit/precision.py)
 
 The prior (`first:` of search_spaces/default.yaml, fastnet depth 2) trains on the CIFAR-10
 JPEGs through autofit's own loader and trainer for a fixed number of epochs, so the
@@ -62,7 +63,7 @@ def main() -> int:
     import torch
     from recipes import load
 
-    from autofit import models, pipeline
+    from autofit import models, pipeline, precision
     from autofit.presets import preset
     from autofit.space import Recipe, SearchSpace, TrialConfig
     from autofit.trial import EVAL_BATCH, evaluate, make_model, train
@@ -111,8 +112,8 @@ def main() -> int:
               "seeds": args.seeds, "model": {"family": first.family, **arch},
               "baseline": first.training, "variants": {n: VARIANTS[n] for n in means},
               "train_images": len(data.y_train), "test_images": len(data.y_val),
-              "data_path": data.data_path, "mean_test_accuracy": means,
-              "translate_gain_over_flip": gains, "runs": runs}
+              "data_path": data.data_path, "precision": precision.choose("cpu").name,
+              "mean_test_accuracy": means, "translate_gain_over_flip": gains, "runs": runs}
     return write_record(args.out, record)
 
 

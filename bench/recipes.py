@@ -7,9 +7,9 @@ One fixed small model (ResNet depth 8, width 16) trains for the same wall-clock 
 the baseline recipe and with each knob changed one at a time (optimizers, schedule, label
 smoothing, dropout, EMA, test-time flips, alternating flips, cutout), through autofit's own
 loop (`trial.train`, time-driven schedule, as a search trial trains), and is scored on
-held-out images from the
-test folder. Equal seconds, not equal epochs: SAM's second pass and TTA's second view are
-charged as a run would pay for them. Writes bench/results/recipes.json and prints a table.
+held-out images from the test folder. Equal seconds, not equal epochs: SAM's second pass and
+TTA's second view are charged as a run would pay for them. Writes bench/results/recipes.json
+and prints a table.
 """
 
 from __future__ import annotations

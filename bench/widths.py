@@ -1,17 +1,24 @@
-"""Benchmark: how fast fastnet trains at each width, against what the cost model predicts.
+"""Benchmark: how fast fastnet trains at each width and precision, against the cost model.
 
     python bench/widths.py [--widths 8 12 16 20 24] [--seconds 8] [--rounds 2]
+    python bench/widths.py --widths 16 24 32 --precisions fp32 bf16 \\
+        --out bench/results/precision.json
 
-The compute cap picks the prior's width from autofit/probe.py's two-price cost model. This
-trains fastnet (depth 2, the prior's recipe) on the CIFAR-10 JPEGs through autofit's own
-loader and trainer, each width for `--seconds`, the widths interleaved `--rounds` times so
-the machine's drift touches them all alike, and writes bench/results/widths.json: measured
-and predicted images/s per width.
+The compute cap picks the prior's width from autofit/probe.py's two-price cost model, and
+autofit/precision.py trains under bf16 autocast on a CPU with AMX tiles. This trains fastnet
+(depth 2, the space's prior recipe) on the CIFAR-10 JPEGs through autofit's own loader and
+trainer, each width and precision (`AUTOFIT_PRECISION`; by default only the one autofit
+picks here) for `--seconds`, all interleaved `--rounds` times so the machine's drift touches
+them alike, and writes bench/results/widths.json: measured and predicted images/s per width
+and precision and, with both precisions, bf16's ratio to float32 within each round. Whether
+bf16 costs accuracy is bench/prior.py's question: run it with AUTOFIT_PRECISION=fp32 and bf16.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,6 +31,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_data_argument(parser)
     parser.add_argument("--widths", type=int, nargs="+", default=[8, 12, 16, 20, 24])
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=None)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "widths.json")
@@ -33,36 +41,57 @@ def main() -> int:
 
     import torch
 
-    from autofit import models, pipeline, probe
+    from autofit import models, pipeline, precision, probe
     from autofit.dataset import load
-    from autofit.space import Recipe, TrialConfig
+    from autofit.presets import preset
+    from autofit.space import Recipe, SearchSpace, TrialConfig
     from autofit.trial import make_model, train
 
     threads = 2
     torch.set_num_threads(threads)
     data = load(str(args.data), 0, threads, path=pipeline.choose("cpu"))
-    cost = probe.cost(data.shape, "cpu", threads)
-    recipe = Recipe(batch_size=256, lr=0.2, weight_decay=5e-4, label_smoothing=0.2,
-                    hflip=True, optimizer="sgd", schedule="onecycle", tta=True)
-    measured: dict[int, list[float]] = {w: [] for w in args.widths}
+    first = SearchSpace.load(preset("search_spaces", "default")).first
+    if first is None:
+        raise SystemExit("bench: search_spaces/default.yaml has no first: prior")
+    recipe = Recipe.model_validate(first.training)
+    names = args.precisions or [precision.choose("cpu").name]
+    costs = {}
+    for name in names:
+        os.environ[precision.ENV] = name
+        costs[name] = probe.cost(data.shape, "cpu", threads)
+    measured: dict[tuple[int, str], list[float]] = {(w, p): [] for w in args.widths
+                                                    for p in names}
     for _ in range(args.rounds):
         for width in args.widths:
-            arch = {"width": width, "depth": 2}
-            config = TrialConfig(family="fastnet", arch=arch, recipe=recipe,
-                                 params=models.count_for("fastnet", arch, data.shape))
-            model = make_model(config, data.shape, *data.mean_std, "cpu")
-            loader = pipeline.loader(data.data_path, data.x_train, data.y_train, 256,
-                                     train=True, hflip=True, seed=0, threads=threads,
-                                     device="cpu")
-            progress = train(model, loader, recipe, stop_at=time.time() + 2 * args.seconds,
-                             total_seconds=args.seconds)
-            measured[width].append(round(progress.images_per_s, 1))
-            print(f"width {width:3d}: {measured[width]} images/s", flush=True)
-    rows = [{"width": w, "images_per_s": measured[w],
-             "predicted_images_per_s": round(1 / cost.seconds(models.count_work(
-                 "fastnet", {"width": w, "depth": 2}, data.shape)), 1)} for w in args.widths]
+            for name in names:
+                os.environ[precision.ENV] = name
+                arch = {**first.arch, "width": width}
+                config = TrialConfig(family=first.family, arch=arch, recipe=recipe,
+                                     params=models.count_for(first.family, arch, data.shape))
+                torch.manual_seed(0)
+                model = make_model(config, data.shape, *data.mean_std, "cpu")
+                loader = pipeline.training_loader(data.data_path, data.x_train, data.y_train,
+                                                  recipe, seed=0, threads=threads,
+                                                  device="cpu")
+                progress = train(model, loader, recipe, stop_at=time.time() + 2 * args.seconds,
+                                 total_seconds=args.seconds)
+                measured[width, name].append(round(progress.images_per_s, 1))
+                print(f"width {width:3d} {name}: {measured[width, name]} images/s", flush=True)
+    rows = []
+    for w in args.widths:
+        work = models.count_work(first.family, {**first.arch, "width": w}, data.shape)
+        row = {"width": w, **{f"{p}_images_per_s": measured[w, p] for p in names},
+               **{f"{p}_predicted_images_per_s": round(1 / costs[p].seconds(work), 1)
+                  for p in names}}
+        if len(names) == 2:
+            ratios = [round(b / f, 3) for f, b in zip(measured[w, "fp32"], measured[w, "bf16"],
+                                                       strict=True)]
+            row |= {"bf16_over_fp32": ratios, "mean_ratio": round(statistics.fmean(ratios), 3)}
+            print(f"width {w:3d}: bf16 / fp32 = {ratios}")
+        rows.append(row)
     record = {"bench": "widths", "data": str(args.data), "seconds": args.seconds,
-              "rounds": args.rounds, "cost": cost.model_dump(), "rows": rows}
+              "rounds": args.rounds, "amx": precision.amx(), "torch": torch.__version__,
+              "costs": {p: c.model_dump() for p, c in costs.items()}, "rows": rows}
     return write_record(args.out, record)
 
 

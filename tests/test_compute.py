@@ -69,13 +69,29 @@ def test_the_probe_prices_families_it_never_ran():
     noisy shared machine (one second's timing varies by +-25% here). A single MAC rate
     priced on the wide reference predicts ResNet-14 w8 about 3.5x too fast and fails."""
     cost = probe.cost(CIFAR, "cpu", 2)
-    assert cost.s_per_mac > 0 and 0 < cost.reference_s < 1
+    assert min(cost.s_per_mac, cost.s_per_act) >= 0 < max(cost.s_per_mac, cost.s_per_act)
+    assert 0 < cost.reference_s < 1
     for family, arch in [("resnet", {"depth": 14, "width": 8}),  # deep and narrow
                          ("fastnet", {"width": 48, "depth": 2}),  # wide and shallow
                          ("wrn", {"depth": 10, "widen": 2})]:
         predicted = cost.seconds(models.count_work(family, arch, CIFAR))
         measured = _measured(family, arch)
         assert 0.5 < predicted / measured < 2.0, (family, arch, predicted, measured)
+
+
+def test_where_one_price_comes_out_negative_the_single_price_that_fits_both_is_kept():
+    """bf16 on this CPU timed the narrow reference (ResNet-8 w8) at 0.39 ms per image and
+    the wide one (fastnet w32) at 0.40, with a tenth of the MACs and half the activations:
+    the two prices solve to a negative MAC price. Priced by MACs alone the narrow nets came
+    out 10x too cheap; by activations alone both references are within 1.5x."""
+    work = np.array([[3_236_160, 131_146], [38_192_384, 233_738]], dtype=float)
+    times = np.array([0.39e-3, 0.40e-3])
+    assert (np.linalg.solve(work, times) < 0).any()
+    s_per_mac, s_per_act = probe.one_price(work, times)
+    assert s_per_mac == 0 and s_per_act > 0
+    assert all(1 / 1.5 < s_per_act * n / t < 1.5 for n, t in zip(work[:, 1], times, strict=True))
+    by_macs = work[:, 0] * 1e-11  # arithmetic-bound: the MAC price fits exactly
+    assert probe.one_price(work, by_macs) == pytest.approx([1e-11, 0.0])
 
 
 def test_activations_are_counted_with_macs():
@@ -123,6 +139,14 @@ def test_the_plan_keeps_back_the_test_pass_the_measured_cost_predicts():
     rate = 1 / (2 * EVAL_PASS_SHARE * COST.reference_s)  # flip TTA: two passes
     assert priced.final_reserve_s == pytest.approx(final_reserve(10_000, rate), abs=0.01)
     assert priced.final_reserve_s < guessed.final_reserve_s - 5
+    translated = Plan.make(budget, Clock(budget.seconds), 10_000, n_train=50_000, cost=COST,
+                           test_passes=6)  # the default prior's views: flip and translate
+    assert translated.final_reserve_s == pytest.approx(
+        final_reserve(10_000, rate / 3), abs=0.01)
+    assert translated.refit_s < priced.refit_s
+    default = SearchSpace.load(preset("search_spaces", "default"))
+    assert default.prior_test_passes == 6  # what the runner plans with (runner._new_plan)
+    assert default.model_copy(update={"first": None}).prior_test_passes == 2
 
 
 def test_an_untrained_models_test_pass_is_priced_by_its_test_time_views(tmp_path):
@@ -220,5 +244,5 @@ def test_a_compute_cap_below_every_model_gives_the_cheapest_model():
         assert config.family == min(cost, key=cost.get)
         assert config.arch == smallest[config.family] and config.params <= 2_000_000
     first = space.first_config(CIFAR, 2_000_000, cap)
-    assert first is not None and first.recipe.lr == 0.2
+    assert first is not None and first.recipe == Recipe(**space.first.training)
     assert first.arch == {"width": 8, "depth": 2}

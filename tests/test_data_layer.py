@@ -19,7 +19,7 @@ from conftest import COLOURS, draw, write_folder
 from PIL import Image
 
 import autofit
-from autofit import pipeline
+from autofit import pipeline, precision
 from autofit.dataset import MAX_SIDE, load
 from autofit.errors import DataError, UnreadableData
 from autofit.inputs import prepare
@@ -219,6 +219,8 @@ def test_run_records_resolution_skips_and_resize_in_summary_and_onnx(tmp_path: P
     assert (resize["height"], resize["width"], resize["channels"]) == (16, 16, 3)
     log = (out / "run.log").read_text()
     assert "data path dali-cpu" in log and "skipped unreadable files: 1" in log
+    amp = precision.choose("cpu")  # bf16 on this project's AMX CPU, said in log and summary
+    assert summary["precision"] == amp.name and f"precision {amp.reason}" in log
 
     files = sorted(p for p in root.rglob("*.png") if p.name != "broken.png")
     x = prepare(files, out / "model.onnx")  # the run's own resize, from the model's metadata

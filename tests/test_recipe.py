@@ -15,7 +15,7 @@ import torch
 from conftest import NaNNet, two_class
 from torch import nn
 
-from autofit import models, optim
+from autofit import models, optim, precision
 from autofit.best import MODEL, BestSoFar
 from autofit.errors import UsageError
 from autofit.export import export_onnx, to_input
@@ -400,12 +400,35 @@ def test_int_knob_range_needs_a_step(tmp_path: Path):
     assert SearchSpace.load(path).training["batch_size"].values() == [32, 64, 96, 128]
 
 
-def test_cuda_autocast_is_off_on_the_cpu():
-    """bf16 autocast is only for GPUs; here the CPU path must stay float32."""
-    from autofit.trial import autocast, on_gpu
+def test_precision_is_bf16_where_the_device_computes_it_natively(monkeypatch):
+    monkeypatch.delenv(precision.ENV, raising=False)
+    assert precision.choose("cuda").bf16
+    monkeypatch.setattr(precision, "amx", lambda: True)
+    assert precision.choose("cpu") == (True, "bf16 autocast: this CPU has AMX tiles")
+    monkeypatch.setattr(precision, "amx", lambda: False)
+    assert not precision.choose("cpu").bf16 and "no AMX" in precision.choose("cpu").reason
+    monkeypatch.setenv(precision.ENV, "bf16")
+    assert precision.choose("cpu").bf16
+    monkeypatch.setenv(precision.ENV, "fp32")
+    assert not precision.choose("cuda").bf16 and precision.choose("cuda").name == "fp32"
+    monkeypatch.setenv(precision.ENV, "half")
+    with pytest.raises(UsageError, match="AUTOFIT_PRECISION='half'.*auto, bf16, fp32"):
+        precision.choose("cpu")
 
+
+@pytest.mark.parametrize("wanted", ["bf16", "fp32"])
+def test_training_runs_at_the_chosen_precision_and_evaluation_in_float32(monkeypatch, wanted):
+    """The first conv's output dtype, seen by a hook, in training steps and in evaluation."""
+    monkeypatch.setenv(precision.ENV, wanted)
     model = _model()
-    assert not on_gpu(model)
-    with autocast(on_gpu(model)):
-        assert model(torch.rand(2, 1, 8, 8)).dtype == torch.float32
-    assert math.isfinite(_loss(model, *two_class(8)))
+    seen: list[torch.dtype] = []
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    first.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    x, y = two_class(64)
+    final = train(model, BatchLoader(x, y, 32, train=True), BASE, stop_at=time.time() + 60,
+                  total_steps=4)
+    assert final.state == "completed" and math.isfinite(final.loss)
+    assert set(seen) == {torch.bfloat16 if wanted == "bf16" else torch.float32}
+    seen.clear()
+    evaluate(model, BatchLoader(x, y, 32, train=False))
+    assert set(seen) == {torch.float32}

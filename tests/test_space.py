@@ -8,7 +8,7 @@ from autofit.budget import ComputeCap, Cost
 from autofit.errors import BudgetError, UsageError
 from autofit.models import DataShape
 from autofit.presets import preset
-from autofit.space import SearchSpace
+from autofit.space import Recipe, SearchSpace
 
 CIFAR = DataShape(3, 32, 32, 10)
 
@@ -81,7 +81,8 @@ def test_bad_space_files_are_one_clear_error(tmp_path: Path, body, message):
 def test_the_first_trial_is_the_spaces_prior_fitted_to_both_caps(space):
     first = space.first_config(CIFAR, 2_000_000)
     assert first is not None and first.family == space.first.family == "fastnet"
-    assert first.recipe.lr == 0.2 and first.recipe.tta and first.recipe.tta_translate
+    assert first.recipe.model_dump() == Recipe(**space.first.training).model_dump()
+    assert first.recipe.lr == 0.4 and first.recipe.tta and first.recipe.tta_translate
     assert first.arch["depth"] == 2
     assert 1_000_000 <= first.params <= 2_000_000  # the width filled the parameter cap
     small = space.first_config(CIFAR, 60_000)

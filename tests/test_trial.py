@@ -53,6 +53,26 @@ def test_schedule_in_steps_completes_and_learns():
     assert reports[-1].state == "completed" and final.val_accuracy > 0.9
 
 
+def test_a_batch_capped_at_the_data_scales_the_learning_rate_down_with_it():
+    """40 images cannot fill a batch of 160, and the recipe's lr 0.4 is for batches of 160:
+    the batch of 40 trains at a quarter of it, weight for weight as a recipe for batches of 40
+    at lr 0.1 does."""
+    x, y = two_class(40)
+
+    def weights(recipe: Recipe) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = _model()
+        train(model, BatchLoader(x, y, recipe.batch_size, train=True, seed=0), recipe,
+              stop_at=time.time() + 60, total_steps=6)
+        return [p.detach().clone() for p in model.parameters()]
+
+    capped = weights(RECIPE.model_copy(update={"batch_size": 160, "lr": 0.4}))
+    same = weights(RECIPE.model_copy(update={"batch_size": 40, "lr": 0.1}))
+    unscaled = weights(RECIPE.model_copy(update={"batch_size": 40, "lr": 0.4}))
+    assert all(torch.equal(a, b) for a, b in zip(capped, same, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(capped, unscaled, strict=True))
+
+
 def test_hard_stop_is_kept():
     x, y = two_class(2048, size=32)
     model = _model(size=32)
