@@ -149,12 +149,44 @@ def test_the_plan_keeps_back_the_test_pass_the_measured_cost_predicts():
     assert default.model_copy(update={"first": None}).prior_test_passes == 2
 
 
-def test_an_untrained_models_test_pass_is_priced_by_its_test_time_views(tmp_path):
-    """A skipped search's prior was never timed: its reserve comes from the probe's price of
-    its work, times its forward passes per test image (translate TTA: 6, flip TTA: 2)."""
+def test_an_untrained_models_test_pass_is_timed_in_onnxruntime(tmp_path):
+    """A skipped search's prior was never trained, so no trial timed its evaluation: the
+    reserve times onnxruntime on the model as built (float32, as the test pass runs, where
+    the probe's price is of bf16 training here), with all its test-time views."""
     from autofit.runner import _eval_rate
     from autofit.search import TrialRecord
 
+    arch = {"width": 16, "depth": 2}
+    rng = np.random.default_rng(0)
+    data = SimpleNamespace(shape=CIFAR, mean_std=([0.5] * 3, [0.25] * 3),
+                           x_val=rng.integers(0, 256, (300, 32, 32, 3), dtype=np.uint8))
+
+    def rate(**recipe):
+        config = TrialConfig(family="fastnet", arch=arch,
+                             params=models.count_for("fastnet", arch, CIFAR),
+                             recipe=Recipe(batch_size=256, lr=0.2, weight_decay=5e-4, **recipe))
+        return _eval_rate(tmp_path, TrialRecord(0, "", config), data, 2, slow)
+
+    slow = Cost(s_per_mac=1e-3, s_per_act=0.0, reference_s=1.0)  # priced, under 0.01 images/s
+    flip, translate = rate(tta=True), rate(tta=True, tta_translate=True)
+    assert flip > 100  # timed, not priced
+    assert 0 < translate < flip / 1.8  # six passes against two; timings vary +-25% here
+    assert not list(tmp_path.iterdir())  # the timing model is not left in the run directory
+
+
+def test_where_the_model_cannot_be_timed_its_test_pass_is_priced_by_its_views(tmp_path,
+                                                                           monkeypatch):
+    """Where the untrained model cannot be exported or timed (a full disk), the reserve comes
+    from the probe's price of its work, times its forward passes per test image (translate
+    TTA: 6, flip TTA: 2)."""
+    from autofit import runner
+    from autofit.runner import _eval_rate
+    from autofit.search import TrialRecord
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runner, "_untrained_rate", full_disk)
     arch = {"width": 16, "depth": 2}
     data = SimpleNamespace(shape=CIFAR)
 
