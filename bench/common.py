@@ -1,6 +1,7 @@
 """What the CIFAR-10 benches share: where the repository and the JPEGs are, the `--data`
 prologue (one message, exit 2, when the data is missing), a deterministic class-balanced
-slice of a split, and the machine a result was measured on.
+slice of a split, the default space's prior as a model and its loader, and the machine a
+result was measured on.
 
 The benches run as scripts (`python bench/NAME.py`), so they import this as `common`.
 """
@@ -14,6 +15,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -82,3 +84,34 @@ def write_record(out: Path, record: dict[str, object]) -> int:
     out.write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {out}")
     return 0
+
+
+def default_prior() -> Any:
+    """The `first:` prior of search_spaces/default.yaml (an autofit.space.First)."""
+    from autofit.presets import preset
+    from autofit.space import SearchSpace
+
+    first = SearchSpace.load(preset("search_spaces", "default")).first
+    if first is None:
+        raise SystemExit("bench: search_spaces/default.yaml has no first: prior")
+    return first
+
+
+def prior_model(data: Any, first: Any, width: int, recipe: Any, seed: int,
+                threads: int) -> tuple[Any, Any]:
+    """The prior's model at `width` with `recipe`, its weights seeded by `seed`, on the CPU,
+    and its training loader over `data` (an autofit Dataset)."""
+    import torch
+
+    from autofit import models, pipeline
+    from autofit.space import TrialConfig
+    from autofit.trial import make_model
+
+    arch = {**first.arch, "width": width}
+    config = TrialConfig(family=first.family, arch=arch, recipe=recipe,
+                         params=models.count_for(first.family, arch, data.shape))
+    torch.manual_seed(seed)
+    model = make_model(config, data.shape, *data.mean_std)
+    loader = pipeline.training_loader(data.data_path, data.x_train, data.y_train, recipe,
+                                      seed=seed, threads=threads, device="cpu")
+    return model, loader

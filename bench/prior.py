@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, add_data_argument, check_data, write_record  # noqa: E402
+from common import (  # noqa: E402
+    ROOT,
+    add_data_argument,
+    check_data,
+    default_prior,
+    prior_model,
+    write_record,
+)
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "baseline": {},
@@ -63,31 +70,21 @@ def main() -> int:
     import torch
     from recipes import load
 
-    from autofit import models, pipeline, precision
-    from autofit.presets import preset
-    from autofit.space import Recipe, SearchSpace, TrialConfig
-    from autofit.trial import EVAL_BATCH, evaluate, make_model, train
+    from autofit import pipeline, precision
+    from autofit.space import Recipe
+    from autofit.trial import EVAL_BATCH, evaluate, train
 
     torch.set_num_threads(args.threads)
     path = pipeline.choose("cpu")
     data = load(args.data, args.train_per_class, args.test_per_class, args.threads, path)
-    first = SearchSpace.load(preset("search_spaces", "default")).first
-    if first is None:
-        raise SystemExit("bench: search_spaces/default.yaml has no first: prior")
-    arch = {**first.arch, "width": args.width}
+    first = default_prior()
     test = pipeline.loader(data.data_path, data.x_val, data.y_val, EVAL_BATCH, train=False,
                            threads=args.threads)
     runs: list[dict[str, Any]] = []
     for seed in range(args.seeds):
         for name in args.only or list(VARIANTS):
             recipe = Recipe.model_validate({**first.training, **VARIANTS[name]})
-            config = TrialConfig(family=first.family, arch=arch, recipe=recipe,
-                                 params=models.count_for(first.family, arch, data.shape))
-            torch.manual_seed(seed)
-            model = make_model(config, data.shape, *data.mean_std)
-            loader = pipeline.training_loader(data.data_path, data.x_train, data.y_train,
-                                              recipe, seed=seed, threads=args.threads,
-                                              device="cpu")
+            model, loader = prior_model(data, first, args.width, recipe, seed, args.threads)
             tick = time.perf_counter()
             final = train(model, loader, recipe, stop_at=math.inf,
                           total_steps=args.epochs * len(loader))
@@ -109,7 +106,8 @@ def main() -> int:
     for name, row in means.items():
         print(f"{name:28s}" + "".join(f"{row[view]:16.4f}" for view in VIEWS))
     record = {"bench": "prior", "data": str(args.data), "epochs": args.epochs,
-              "seeds": args.seeds, "model": {"family": first.family, **arch},
+              "seeds": args.seeds, "model": {"family": first.family, **first.arch,
+                                             "width": args.width},
               "baseline": first.training, "variants": {n: VARIANTS[n] for n in means},
               "train_images": len(data.y_train), "test_images": len(data.y_val),
               "data_path": data.data_path, "precision": precision.choose("cpu").name,

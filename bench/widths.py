@@ -24,7 +24,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, add_data_argument, check_data, write_record  # noqa: E402
+from common import (  # noqa: E402
+    ROOT,
+    add_data_argument,
+    check_data,
+    default_prior,
+    prior_model,
+    write_record,
+)
 
 
 def main() -> int:
@@ -43,16 +50,13 @@ def main() -> int:
 
     from autofit import models, pipeline, precision, probe
     from autofit.dataset import load
-    from autofit.presets import preset
-    from autofit.space import Recipe, SearchSpace, TrialConfig
-    from autofit.trial import make_model, train
+    from autofit.space import Recipe
+    from autofit.trial import train
 
     threads = 2
     torch.set_num_threads(threads)
     data = load(str(args.data), 0, threads, path=pipeline.choose("cpu"))
-    first = SearchSpace.load(preset("search_spaces", "default")).first
-    if first is None:
-        raise SystemExit("bench: search_spaces/default.yaml has no first: prior")
+    first = default_prior()
     recipe = Recipe.model_validate(first.training)
     names = args.precisions or [precision.choose("cpu").name]
     costs = {}
@@ -65,14 +69,7 @@ def main() -> int:
         for width in args.widths:
             for name in names:
                 os.environ[precision.ENV] = name
-                arch = {**first.arch, "width": width}
-                config = TrialConfig(family=first.family, arch=arch, recipe=recipe,
-                                     params=models.count_for(first.family, arch, data.shape))
-                torch.manual_seed(0)
-                model = make_model(config, data.shape, *data.mean_std, "cpu")
-                loader = pipeline.training_loader(data.data_path, data.x_train, data.y_train,
-                                                  recipe, seed=0, threads=threads,
-                                                  device="cpu")
+                model, loader = prior_model(data, first, width, recipe, 0, threads)
                 progress = train(model, loader, recipe, stop_at=time.time() + 2 * args.seconds,
                                  total_seconds=args.seconds)
                 measured[width, name].append(round(progress.images_per_s, 1))
