@@ -277,10 +277,10 @@ class SearchSpace(BaseModel):
         for family, family_knobs in self.families.items():
             if family not in models.FAMILIES:
                 raise ValueError(f"unknown family {family!r} (known: {sorted(models.FAMILIES)})")
-            expected = models.knobs(family)
-            if set(family_knobs) != expected:
-                raise ValueError(f"family {family!r} takes knobs {sorted(expected)}, "
-                                 f"not {sorted(family_knobs)}")
+            expected, required = models.knobs(family), models.required_knobs(family)
+            if not required <= set(family_knobs) <= expected:
+                raise ValueError(f"family {family!r} takes knobs {sorted(expected)} (of which "
+                                 f"{sorted(required)} must be set), not {sorted(family_knobs)}")
             for name, knob in family_knobs.items():
                 try:
                     values = knob.values()

@@ -85,7 +85,7 @@ def make_model(config: TrialConfig, shape: DataShape, mean: list[float], std: li
     net = models.build_for(config.family, config.arch, shape, dropout=recipe.dropout)
     model = Classifier(net, mean, std, tta=recipe.mirror_tta,
                        translate=recipe.tta_translate)
-    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    params = sum(p.numel() for p in model.parameters())
     if params != config.params:
         raise RuntimeError(f"{config.describe()}: built {params} params, counted {config.params}")
     return model.to(device, memory_format=torch.channels_last)

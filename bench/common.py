@@ -98,16 +98,17 @@ def default_prior() -> Any:
 
 
 def prior_model(data: Any, first: Any, width: int, recipe: Any, seed: int,
-                threads: int) -> tuple[Any, Any]:
-    """The prior's model at `width` with `recipe`, its weights seeded by `seed`, on the CPU,
-    and its training loader over `data` (an autofit Dataset)."""
+                threads: int, arch: dict[str, int] | None = None) -> tuple[Any, Any]:
+    """The prior's model at `width` (its other knobs changed by `arch`) with `recipe`, its
+    weights seeded by `seed`, on the CPU, and its training loader over `data` (an autofit
+    Dataset)."""
     import torch
 
     from autofit import models, pipeline
     from autofit.space import TrialConfig
     from autofit.trial import make_model
 
-    arch = {**first.arch, "width": width}
+    arch = {**first.arch, **(arch or {}), "width": width}
     config = TrialConfig(family=first.family, arch=arch, recipe=recipe,
                          params=models.count_for(first.family, arch, data.shape))
     torch.manual_seed(seed)

@@ -3,13 +3,15 @@ model scored with each set of test-time views.
 
     python bench/prior.py                 # all variants, fastnet width 16, 6 epochs, 1 seed
     python bench/prior.py --only baseline alternate_flip=true --seeds 2
+    python bench/prior.py --only baseline whiten=0 --seeds 2 --width 16   # the whitened stem
     python bench/prior.py --epochs 0.5 --train-per-class 50 --test-per-class 20 --out /tmp/p.json
     AUTOFIT_PRECISION=fp32 python bench/prior.py --only baseline   # float32 (autofit/precision.py)
 
 The prior (`first:` of search_spaces/default.yaml, fastnet depth 2) trains on the CIFAR-10
 JPEGs through autofit's own loader and trainer for a fixed number of epochs, so the
 machine's speed drift does not touch the accuracies: as it is (`baseline`) and with one
-training knob changed (learning rate, weight decay, airbench's alternating flip, EMA). Each
+knob changed (learning rate, weight decay, airbench's alternating flip, EMA; `whiten=0`: the
+learned 3x3 stem in place of the whitened patches). Each
 trained model is then scored on the test folder three ways, by switching its Classifier's
 test-time views: none, flip TTA (2 passes) and flip plus the views shifted a pixel each way
 (6 passes), with the images/s of each, what the final test pass pays for them. Writes
@@ -48,6 +50,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "lr=0.8,weight_decay=1e-3": {"lr": 0.8, "weight_decay": 1e-3},
     "alternate_flip=true": {"alternate_flip": True},
     "ema=true": {"ema": True},
+    "whiten=0": {"whiten": 0},
 }
 VIEWS = {"none": (False, False), "flip": (True, False), "flip+translate": (True, True)}
 
@@ -70,7 +73,7 @@ def main() -> int:
     import torch
     from recipes import load
 
-    from autofit import pipeline, precision
+    from autofit import models, pipeline, precision
     from autofit.space import Recipe
     from autofit.trial import EVAL_BATCH, evaluate, train
 
@@ -83,8 +86,12 @@ def main() -> int:
     runs: list[dict[str, Any]] = []
     for seed in range(args.seeds):
         for name in args.only or list(VARIANTS):
-            recipe = Recipe.model_validate({**first.training, **VARIANTS[name]})
-            model, loader = prior_model(data, first, args.width, recipe, seed, args.threads)
+            knobs = models.knobs(first.family)
+            arch = {k: v for k, v in VARIANTS[name].items() if k in knobs}
+            recipe = Recipe.model_validate({**first.training, **{
+                k: v for k, v in VARIANTS[name].items() if k not in knobs}})
+            model, loader = prior_model(data, first, args.width, recipe, seed, args.threads,
+                                        arch)
             tick = time.perf_counter()
             final = train(model, loader, recipe, stop_at=math.inf,
                           total_steps=args.epochs * len(loader))

@@ -277,4 +277,4 @@ def test_a_compute_cap_below_every_model_gives_the_cheapest_model():
         assert config.arch == smallest[config.family] and config.params <= 2_000_000
     first = space.first_config(CIFAR, 2_000_000, cap)
     assert first is not None and first.recipe == Recipe(**space.first.training)
-    assert first.arch == {"width": 8, "depth": 2}
+    assert first.arch == {"width": 8, "depth": 2, "whiten": 2}

@@ -40,14 +40,15 @@ def space_of(family: str) -> SearchSpace:
 
 
 def real_count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return sum(p.numel() for p in model.parameters())
 
 
 def test_registry_knobs():
     assert models.knobs("resnet") == {"depth", "width"}
     assert models.knobs("wrn") == {"depth", "widen"}
     assert models.knobs("pyramidnet") == {"depth", "alpha", "shakedrop"}
-    assert models.knobs("fastnet") == {"width", "depth"}
+    assert models.knobs("fastnet") == {"width", "depth", "whiten"}
+    assert models.required_knobs("fastnet") == {"width", "depth"}  # whiten defaults to off
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -117,6 +118,64 @@ def test_onnx_export_matches_pytorch(tmp_path: Path, family, shape):
     info = export_onnx(model, tmp_path / "m.onnx", images, {}, threads=1)
     assert info.onnx_params >= real_count(model) - 2 * sum(  # BN may fold into convs
         m.num_features for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+WHITENED = {"width": 8, "depth": 2, "whiten": 2}
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
+def test_a_whitened_stem_fits_on_its_first_training_batch_and_exports(tmp_path: Path, shape):
+    torch.manual_seed(0)
+    net = models.build_for("fastnet", WHITENED, shape)
+    whiten = net.stem[0]
+    assert whiten.out_channels == 2 * shape.channels * 4 and not whiten.conv.weight.requires_grad
+    assert models.count_for("fastnet", WHITENED, shape) == real_count(net)  # frozen ones count
+    untrained = whiten.conv.weight.clone()
+    model = Classifier(net, [0.5] * shape.channels, [0.25] * shape.channels)
+    with torch.no_grad():
+        model.eval()(torch.rand(2, shape.channels, shape.height, shape.width))
+        assert not whiten.fitted and torch.equal(whiten.conv.weight, untrained)  # eval: no fit
+        model.train()(torch.rand(8, shape.channels, shape.height, shape.width))
+    assert whiten.fitted and not torch.equal(whiten.conv.weight, untrained)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, shape.height, shape.width, shape.channels), np.uint8)
+    export_onnx(model, tmp_path / "m.onnx", images, {}, threads=1)  # raises unless faithful
+
+
+def test_whitened_filters_decorrelate_the_patches_they_were_fitted_to():
+    torch.manual_seed(0)
+    x = torch.randn(16, 3, 32, 32)
+    x = x + 0.8 * x.roll(1, 3) + 0.5 * x[:, :1]  # neighbours and channels correlated
+    net = models.build_for("fastnet", WHITENED, DataShape(3, 32, 32, 10)).train()
+    net(x)
+    half = net.stem[0].conv.weight[:12]  # the other half is its negation
+    out = torch.nn.functional.conv2d(x, half).permute(0, 2, 3, 1).reshape(-1, 12)
+    assert torch.allclose(out.T @ out / len(out), torch.eye(12), atol=0.01)
+    assert torch.equal(net.stem[0].conv.weight[12:], -half)
+
+
+def test_a_loaded_whitened_model_keeps_its_fit_and_a_fresh_one_fits_anew():
+    shape = DataShape(1, 28, 28, 10)
+    trained = models.build_for("fastnet", WHITENED, shape).train()
+    trained(torch.rand(8, 1, 28, 28))
+    loaded = models.build_for("fastnet", WHITENED, shape).train()
+    loaded.load_state_dict(trained.state_dict())
+    loaded(torch.rand(8, 1, 28, 28) * 5)  # other data: a refit would change the filters
+    assert torch.equal(loaded.stem[0].conv.weight, trained.stem[0].conv.weight)
+    fresh = models.build_for("fastnet", WHITENED, shape).train()
+    fresh(torch.rand(8, 1, 28, 28) * 5)
+    assert not torch.allclose(fresh.stem[0].conv.weight, trained.stem[0].conv.weight)
+
+
+def test_a_space_may_leave_out_a_knob_with_a_default_but_not_one_without(tmp_path: Path):
+    path = tmp_path / "s.yaml"
+    path.write_text("families: {fastnet: {width: {choices: [8]}, depth: {choices: [2]}}}\n"
+                    + TRAINING + "\n")
+    assert set(SearchSpace.load(path).families["fastnet"]) == {"width", "depth"}
+    path.write_text("families: {fastnet: {width: {choices: [8]}, whiten: {choices: [2]}}}\n"
+                    + TRAINING + "\n")
+    with pytest.raises(UsageError, match=r"of which \['depth', 'width'\] must be set"):
+        SearchSpace.load(path)
 
 
 def test_shakedrop_is_random_in_training_and_its_expectation_in_eval():

@@ -77,7 +77,7 @@ def test_a_skipped_search_trains_the_prior_alone_and_resumes_after_a_kill(
 
 
 def test_a_prior_over_the_parameter_cap_leaves_the_run_to_the_search(tmp_path: Path):
-    """The default space's prior (fastnet, 31,478 parameters at its narrowest on 8x8 digits)
+    """The default space's prior (fastnet, 31,762 parameters at its narrowest on 8x8 digits)
     is over a 25k cap that a ResNet-8 (19,810) fits: the run searches, not fails."""
     result = run(None, Budget(minutes=0.5, max_params="25k", min_rung_epochs=1000),
                  out=tmp_path / "run", quiet=True)

@@ -99,3 +99,23 @@ def test_nan_loss_stops_as_diverged():
     final = train(NaNNet(), BatchLoader(x, y, 32, train=True), RECIPE, stop_at=time.time() + 60,
                   total_steps=100)
     assert final.state == "diverged" and final.steps == 1
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_a_whitened_stem_is_fitted_in_training_stays_frozen_and_reaches_the_ema(ema):
+    """The whitening filters are fitted by the first step and never trained after it; with EMA
+    the averaged weights, what is evaluated and exported, hold the same fitted filters."""
+    x, y = two_class()
+    torch.manual_seed(0)
+    shape = DataShape(1, 8, 8, 2)
+    net = models.build_for("fastnet", {"width": 8, "depth": 2, "whiten": 2}, shape)
+    model = Classifier(net, [0.3], [0.3])
+    recipe = RECIPE.model_copy(update={"ema": ema})
+    untrained = net.stem[0].conv.weight.clone()
+    fitted = []
+    net.stem[0].register_forward_hook(lambda m, i, o: fitted.append(m.conv.weight.clone()))
+    final = train(model, BatchLoader(x, y, 32, train=True), recipe,
+                  stop_at=time.time() + 60, total_steps=24, val=BatchLoader(x, y, 64, train=False))
+    assert net.stem[0].fitted and not torch.equal(fitted[0], untrained)
+    assert all(torch.equal(w, fitted[0]) for w in fitted)  # frozen from the first step on
+    assert torch.equal(net.stem[0].conv.weight, fitted[0]) and final.val_accuracy > 0.9

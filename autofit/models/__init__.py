@@ -34,6 +34,13 @@ def knobs(family: str) -> set[str]:
     return set(inspect.signature(FAMILIES[family]).parameters) - _NOT_KNOBS
 
 
+def required_knobs(family: str) -> set[str]:
+    """The knobs a search space must set: those the builder has no default for (a knob added
+    later, with a default that builds what the family built before, leaves spaces valid)."""
+    return {name for name, p in inspect.signature(FAMILIES[family]).parameters.items()
+            if p.default is inspect.Parameter.empty} - _NOT_KNOBS
+
+
 def build(family: str, arch: Mapping[str, int], in_channels: int, num_classes: int,
           input_size: int, dropout: float = 0.0) -> nn.Module:
     return FAMILIES[family](**arch, in_channels=in_channels, num_classes=num_classes,
@@ -42,10 +49,11 @@ def build(family: str, arch: Mapping[str, int], in_channels: int, num_classes: i
 
 def count_params(family: str, arch: Mapping[str, int], in_channels: int, num_classes: int,
                  input_size: int) -> int:
-    """Exact trainable-parameter count, computed without allocating weights."""
+    """Exact parameter count, frozen ones included (they ship in the exported model),
+    computed without allocating weights."""
     with torch.device("meta"):
         model = build(family, arch, in_channels, num_classes, input_size)
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return sum(p.numel() for p in model.parameters())
 
 
 def count_macs(family: str, arch: Mapping[str, int], shape: DataShape) -> int:
