@@ -366,10 +366,13 @@ class SearchSpace(BaseModel):
     def cheapest(self, training: dict[str, Value], shape: DataShape, max_params: int,
                  cap: ComputeCap) -> TrialConfig | None:
         """The space's cheapest model to train (every knob of a family at its smallest, the
-        family costing least at `cap`'s prices) with `training`: what the search tries when
-        nothing the budget affords can be drawn, rather than anything at all."""
-        family, arch = min(self._floors().items(),
-                           key=lambda fa: cap.cost.seconds(self._work(*fa, shape)))
+        family costing least at `cap`'s prices, of those within `max_params`) with `training`:
+        what the search tries when nothing the budget affords can be drawn."""
+        fitting = [(family, arch) for family, arch in self._floors().items()
+                   if self._count(family, arch, shape) <= max_params]
+        if not fitting:
+            return None
+        family, arch = min(fitting, key=lambda fa: cap.cost.seconds(self._work(*fa, shape)))
         return self._config(family, arch, training, shape, max_params)
 
     def _floors(self) -> dict[str, dict[str, int]]:

@@ -278,3 +278,14 @@ def test_a_compute_cap_below_every_model_gives_the_cheapest_model():
     first = space.first_config(CIFAR, 2_000_000, cap)
     assert first is not None and first.recipe == Recipe(**space.first.training)
     assert first.arch == {"width": 8, "depth": 2, "whiten": 2}
+
+
+def test_the_cheapest_fallback_skips_a_family_whose_floor_is_over_the_parameter_cap():
+    """Under a 25k cap on 8x8 digits fastnet's floor (31,478) is over, ResNet-8's (19,810) is
+    not: a compute cap nothing meets falls back to the ResNet even where fastnet costs less."""
+    space = SearchSpace.load(preset("search_spaces", "default"))
+    digits = DataShape(1, 8, 8, 10)
+    cheap_acts = ComputeCap(cost=Cost(s_per_mac=0.0, s_per_act=1e-9, reference_s=1e-3),
+                            max_image_s=1e-12)
+    config = space.sample(np.random.default_rng(0), digits, 25_000, cap=cheap_acts)
+    assert config.family == "resnet" and config.params <= 25_000
