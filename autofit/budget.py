@@ -53,8 +53,12 @@ class Budget(BaseModel):
         default=None, gt=0.05, lt=0.95,
         description="share of the trainable time the search gets; None (auto): from the "
                     "measured cost of an epoch, see Plan.make")
+    # 20, not airbench's 10: on CIFAR-10 on 2 cores (bf16, the whitened prior, search
+    # skipped) 10 minutes at 10 took width 64 for 8.8 epochs, 88.56%; at 20, width 44 for
+    # 14.8 epochs, 89.68%. At 5 minutes 20 took width 16 for 20.6 epochs, 86.04%, against
+    # width 24 for 10.8, 86.49% (bench/results/compare-me20.json, compare-whiten*.json).
     min_epochs: float = Field(
-        default=10.0, ge=0.0,
+        default=20.0, ge=0.0,
         description="epochs the refit must afford a model for the search to try it (0: off)")
     # On CIFAR-10 on 2 cores the first rung trained 0.1 epoch at 2, 5 and 10 minutes, and the
     # space's prior won every search: a rung that short ranks noise. With bf16 a 10-minute
@@ -187,7 +191,7 @@ MIN_TRIAL_S = 2.0
 # prior won every search at 2, 5 and 10 minutes, so where an epoch is dear most time refits.
 REFIT_SHARE = (0.3, 0.8)
 # The compute cap's floor on what the refit must afford, in images (about 1,000 steps of 256):
-# 10 epochs of a small set (1,438 digits) are too few steps to fit a 1M-parameter model.
+# min_epochs of a small set (1,438 digits) are too few steps to fit a 1M-parameter model.
 MIN_REFIT_IMAGES = 250_000
 
 

@@ -5,14 +5,16 @@ The plan turns it into the search's split and compute cap (budget.Plan): a model
 could not see `min_epochs` epochs in the time the refit gets is not worth a trial. One MAC
 rate alone mis-timed models by up to 4x on a CPU (narrow deep nets are bound by memory
 traffic, wide shallow ones by arithmetic); two reference models with different ratios of
-arithmetic to activations, each trained on random pixels for about a second on the device
-and threads the trials will use, price both and timed a dozen models of every family at
+arithmetic to activations, trained on random pixels in turns (about a second each) on the
+device and threads the trials will use, price both and timed a dozen models of every family at
 0.76-1.67x their measured cost on this 2-core CPU (bench/results/cost_model.json).
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -25,13 +27,19 @@ from autofit.models import DataShape
 REFERENCES = (("resnet", {"depth": 8, "width": 8}),  # narrow: activations dominate
               ("fastnet", {"width": 32, "depth": 2}))  # wide, shallow: arithmetic dominates
 BATCH = 128  # the middle of the batch sizes the spaces draw
-PROBE_S = 1.0
+PROBE_S = 1.0  # per model, split over ROUNDS
+# A one-second timing once read the wide reference at 1.13 ms per image where every other run
+# that day read 0.56: the machine stalled for part of it, and the compute cap halved the
+# 10-minute width. Timing the models in turn, a few times, and keeping each one's fastest
+# round leaves out a stall that short.
+ROUNDS = 3
 
 
-def seconds_per_image(family: str, arch: dict[str, int], shape: DataShape, device: str,
-                      seconds: float = PROBE_S) -> float:
-    """Measured training seconds per image (SGD steps on random pixels, no data loading), at
-    the precision training runs at on `device` (autofit/precision.py)."""
+def _stepper(family: str, arch: dict[str, int], shape: DataShape,
+             device: str) -> Callable[[], None]:
+    """One SGD step of the model on random pixels (no data loading) at the precision
+    training runs at on `device` (autofit/precision.py), already taken once: the first
+    step pays for allocations and kernel choice."""
     net = models.build_for(family, arch, shape).to(device, memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     x = torch.rand(BATCH, shape.channels, shape.height, shape.width, device=device)
@@ -47,7 +55,12 @@ def seconds_per_image(family: str, arch: dict[str, int], shape: DataShape, devic
         loss.backward()
         opt.step()
 
-    step()  # the first step pays for allocations and kernel choice
+    step()
+    return step
+
+
+def _timed(step: Callable[[], None], seconds: float, device: str) -> float:
+    """Seconds per image over at least `seconds` and two batches of steps."""
     if device == "cuda":
         torch.cuda.synchronize()
     images, start = 0, time.perf_counter()
@@ -59,12 +72,25 @@ def seconds_per_image(family: str, arch: dict[str, int], shape: DataShape, devic
     return (time.perf_counter() - start) / images
 
 
+def seconds_per_image(nets: Sequence[tuple[str, dict[str, int]]], shape: DataShape,
+                      device: str, seconds: float = PROBE_S,
+                      rounds: int = ROUNDS) -> list[float]:
+    """Measured training seconds per image of each (family, arch): the models take turns,
+    `rounds` times, for `seconds` each in all, and each keeps its fastest round."""
+    steps = [_stepper(family, arch, shape, device) for family, arch in nets]
+    best = [math.inf] * len(steps)
+    for _ in range(rounds):
+        for i, step in enumerate(steps):
+            best[i] = min(best[i], _timed(step, seconds / rounds, device))
+    return best
+
+
 def cost(shape: DataShape, device: str, threads: int) -> Cost:
     """Seconds per training image as s_per_mac * MACs + s_per_act * activations, solved from
     the two references' measured times (each price kept non-negative)."""
     torch.set_num_threads(threads)
     work = np.array([models.count_work(f, a, shape) for f, a in REFERENCES], dtype=float)
-    times = np.array([seconds_per_image(f, a, shape, device) for f, a in REFERENCES])
+    times = np.array(seconds_per_image(REFERENCES, shape, device))
     try:
         prices = np.linalg.solve(work, times)
     except np.linalg.LinAlgError:

@@ -54,7 +54,7 @@ def main() -> None:
     rows = []
     for family, arch in MODELS:
         work = models.count_work(family, arch, shape)
-        measured = probe.seconds_per_image(family, arch, shape, "cpu", args.seconds)
+        measured = probe.seconds_per_image([(family, arch)], shape, "cpu", args.seconds)[0]
         rows.append({"family": family, "arch": arch, "macs": work[0], "activations": work[1],
                      "measured_s": measured,
                      "two_price_ratio": round(cost.seconds(work) / measured, 3),

@@ -83,10 +83,10 @@ def main() -> int:
     first = default_prior()
     test = pipeline.loader(data.data_path, data.x_val, data.y_val, EVAL_BATCH, train=False,
                            threads=args.threads)
+    knobs = models.knobs(first.family)
     runs: list[dict[str, Any]] = []
     for seed in range(args.seeds):
         for name in args.only or list(VARIANTS):
-            knobs = models.knobs(first.family)
             arch = {k: v for k, v in VARIANTS[name].items() if k in knobs}
             recipe = Recipe.model_validate({**first.training, **{
                 k: v for k, v in VARIANTS[name].items() if k not in knobs}})
