@@ -15,7 +15,7 @@ run: $(STAMP)
 	$(VENV)/bin/autofit run --minutes 1
 
 test: lint
-	$(VENV)/bin/python -m pytest -q -m "not slow"
+	$(VENV)/bin/python -m pytest -q -m "not slow" --durations=25
 
 test-slow: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m slow

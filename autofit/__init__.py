@@ -9,8 +9,8 @@ __all__ = ["Budget", "RunResult", "load", "prepare", "resume", "run", "__version
 
 if TYPE_CHECKING:
     from autofit.budget import Budget
-    from autofit.inputs import prepare
-    from autofit.predict import load
+    from autofit.data.inputs import prepare
+    from autofit.deliver.predict import load
     from autofit.runner import RunResult, resume, run
 
 
@@ -21,11 +21,11 @@ def __getattr__(name: str) -> Any:
 
         return Budget
     if name == "prepare":
-        from autofit.inputs import prepare
+        from autofit.data.inputs import prepare
 
         return prepare
     if name == "load":
-        from autofit.predict import load
+        from autofit.deliver.predict import load
 
         return load
     if name in {"run", "resume", "RunResult"}:

@@ -197,7 +197,7 @@ MIN_REFIT_IMAGES = 250_000
 
 class Cost(BaseModel):
     """Seconds to train on one image, priced per forward MAC and per activation value written
-    (autofit/probe.py measures both on this machine; models.count_work counts them)."""
+    (autofit/train/probe.py measures both on this machine; models.count_work counts them)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -243,7 +243,7 @@ class Plan(BaseModel):
     search_share: float | None = None  # what the split gave the search (None in older runs)
     split: str = ""  # why
     searched: bool = True  # False: the search was skipped and the space's prior trains alone
-    cost: Cost | None = None  # this machine's training cost per image (autofit/probe.py)
+    cost: Cost | None = None  # this machine's training cost per image (autofit/train/probe.py)
     max_image_s: float | None = None  # training seconds per image the refit affords
 
     @classmethod

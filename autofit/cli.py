@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 
 from autofit.budget import process_start_time
 from autofit.errors import AutofitError, UsageError
 
+T = TypeVar("T")
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Time-budgeted AutoML for image classification.")
 
@@ -36,7 +38,7 @@ def run_command(
         "--data-root", help="where named datasets are, in torchvision's layout [default: "
                             "$AUTOFIT_DATA_ROOT or ~/.cache/autofit/datasets]")] = None,
     minutes: Annotated[str | None, typer.Option(
-        help="wall-clock budget for the whole run (default: budgets/default.yaml)")] = None,
+        help="wall-clock budget for the whole run (default: the budget preset's)")] = None,
     max_params: Annotated[str | None, typer.Option(
         "--max-params", help="parameter cap, e.g. 2M, 1.5M, 500k, 250000")] = None,
     out: Annotated[Path | None, typer.Option(help="run directory (default runs/<timestamp>)")]
@@ -44,10 +46,11 @@ def run_command(
     seed: Annotated[int | None, typer.Option(
         help="seed for splits, sampling and training [default: 0]")] = None,
     space: Annotated[str | None, typer.Option(
-        help="search space: a name in search_spaces/ or a YAML path [default: default]")]
+        help="search space: a preset name (see `autofit spaces`) or a YAML path [default: "
+             "default]")]
     = None,
     budget: Annotated[str | None, typer.Option(
-        help="budget preset: a name in budgets/ or a YAML path; flags override it "
+        help="budget preset: a name (see `autofit budgets`) or a YAML path; flags override it "
              "[default: default]")] = None,
     ray_address: Annotated[str | None, typer.Option(
         "--ray-address", help="run on an existing Ray cluster (e.g. ray://host:10001)")] = None,
@@ -92,8 +95,8 @@ def run_command(
     s = result.summary
     val = "no search" if result.val_accuracy is None else f"val {result.val_accuracy:.4f}"
     typer.echo(f"test accuracy {result.test_accuracy:.4f} (ONNX, onnxruntime) | {val} | "
-               f"{result.params:,} params | {s['trials']} trials | "
-               f"{s['elapsed_s']:.1f}s of {s['budget_s']:.0f}s")
+               f"{result.params:,} params | {s.trials or 0} trials | "
+               f"{s.elapsed_s:.1f}s of {s.budget_s or 0:.0f}s")
     typer.echo(f"model: {result.model_path}")
 
 
@@ -108,7 +111,7 @@ def predict_command(
     """Labels and probabilities for images, resized as the model was trained."""
     import json
 
-    from autofit.predict import load
+    from autofit.deliver.predict import load
 
     try:
         predictions = load(model).predict(images, top_k=top_k)
@@ -134,7 +137,7 @@ def inspect_command(
     model: Annotated[Path, typer.Argument(help="an autofit model.onnx")],
 ) -> None:
     """Classes, input, parameters, opset, budget, accuracy and batch-1 latency of a model."""
-    from autofit.predict import load
+    from autofit.deliver.predict import load
 
     try:
         facts = load(model).facts()
@@ -153,10 +156,10 @@ def report_command(
                                                  "interrupted)")],
 ) -> None:
     """Render RUN_DIR/report.html (and RUN_DIR/plots/*.png) again from the run's files."""
-    from autofit import rundir
-    from autofit.page import render
+    from autofit.reporting import run_files
+    from autofit.reporting.html_report import render
 
-    if not rundir.is_run(run_dir):
+    if not run_files.is_run(run_dir):
         typer.echo(f"autofit: error: {run_dir} is not an autofit run directory (no "
                    "journal.json or summary.json)", err=True)
         raise typer.Exit(2)
@@ -178,7 +181,7 @@ def runs_command(
     """List the runs in a folder, oldest first: status, data, budget, time, accuracy."""
     import json
 
-    from autofit.runs import rows, table
+    from autofit.reporting.run_table import rows, table
 
     if not where.is_dir():
         typer.echo(f"autofit: error: {where} is not a folder", err=True)
@@ -194,28 +197,50 @@ def runs_command(
 
 @app.command("budgets")
 def budgets_command() -> None:
-    """List the budget presets in budgets/ (use one with `autofit run --budget NAME`)."""
+    """List the budget presets, yours ($AUTOFIT_HOME/budgets) and shipped (use one with
+    `autofit run --budget NAME`)."""
     from autofit.budget import Budget
     from autofit.presets import listed, summary_line
 
-    typer.echo(f"{'name':<10} {'minutes':>7} {'max params':>11} {'search':>6}  what for")
-    for path in listed("budgets"):
-        budget = Budget.from_yaml(path)
+    found = listed("budgets")
+    typer.echo(f"{'name':<10} {'minutes':>7} {'max params':>11} {'search':>6}  {'from':<7}  "
+               "what for")
+    for item in found:
+        budget = _or_exit(lambda path=item.path: Budget.from_yaml(path))
         share = "auto" if budget.search_share is None else f"{budget.search_share:.0%}"
-        typer.echo(f"{path.stem:<10} {budget.minutes:>7g} {budget.max_params:>11,} "
-                   f"{share:>6}  {summary_line(path)}")
+        typer.echo(f"{item.name:<10} {budget.minutes:>7g} {budget.max_params:>11,} "
+                   f"{share:>6}  {item.origin:<7}  {summary_line(item.path)}")
+    _say_where("budgets")
 
 
 @app.command("spaces")
 def spaces_command() -> None:
-    """List the search spaces in search_spaces/ (use one with `autofit run --space NAME`)."""
+    """List the search spaces, yours ($AUTOFIT_HOME/search_spaces) and shipped (use one with
+    `autofit run --space NAME`)."""
     from autofit.presets import listed, summary_line
-    from autofit.space import SearchSpace
+    from autofit.search.space import SearchSpace
 
-    typer.echo(f"{'name':<10} {'families':<24} what")
-    for path in listed("search_spaces"):
-        families = ", ".join(SearchSpace.load(path).families)
-        typer.echo(f"{path.stem:<10} {families:<24} {summary_line(path)}")
+    typer.echo(f"{'name':<10} {'families':<24} {'from':<7}  what")
+    for item in listed("search_spaces"):
+        space = _or_exit(lambda path=item.path: SearchSpace.load(path))
+        typer.echo(f"{item.name:<10} {', '.join(space.families):<24} {item.origin:<7}  "
+                   f"{summary_line(item.path)}")
+    _say_where("search_spaces")
+
+
+def _say_where(kind: str) -> None:
+    from autofit.presets import home, shipped_dir
+
+    typer.echo(f"yours: {home() / kind} ($AUTOFIT_HOME/{kind}); shipped: {shipped_dir(kind)}")
+
+
+def _or_exit(read: Callable[[], T]) -> T:
+    """A preset that does not validate: its one-line error, exit 2."""
+    try:
+        return read()
+    except AutofitError as err:
+        typer.echo(f"autofit: error: {err}", err=True)
+        raise typer.Exit(err.exit_code) from None
 
 
 def _second_interrupt_exits() -> None:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from autofit.records import SearchOutcome
+
 
 class AutofitError(Exception):
     """A problem the user can fix; the CLI prints its message on one line, without a traceback."""
@@ -39,6 +44,14 @@ class Interrupted(AutofitError):
 
 class ExportError(AutofitError):
     """The exported ONNX model failed verification against PyTorch."""
+
+
+class SearchFailed(AutofitError):
+    """Every trial failed: the message shows the first error; the records go to the report."""
+
+    def __init__(self, message: str, outcome: SearchOutcome) -> None:
+        super().__init__(message)
+        self.outcome = outcome
 
 
 def one_line(err: BaseException) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,6 @@ PHASE_COLOURS = {"setup": "#9e9e9e", "search": "#1f77b4", "refit": "#2ca02c",
                  "export": "#9467bd", "evaluate": "#d4a017", "report": "#17becf"}
 _EVENT = "autofit_event"
 _HIDDEN = "autofit_hidden"
-
-
-def ranked(value: float | None, ok: bool) -> float:
-    """A trial's score for ranking: its val accuracy, or -1 (below every real score) when it
-    failed or has none. The leaderboard and the live view rank by this one rule."""
-    if not ok or value is None or not math.isfinite(value):
-        return -1.0
-    return float(value)
 
 
 def emit(log: logging.Logger, kind: str, message: str, *args: Any, level: int = logging.INFO,
@@ -42,7 +33,7 @@ def event_of(record: logging.LogRecord) -> dict[str, Any] | None:
     return getattr(record, _EVENT, None)
 
 
-def shown(record: logging.LogRecord) -> bool:
+def in_text_views(record: logging.LogRecord) -> bool:
     """Filter for text views: everything but events emitted with show=False."""
     return not getattr(record, _HIDDEN, False)
 

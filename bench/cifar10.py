@@ -18,6 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, add_data_argument, check_data, machine  # noqa: E402
 
+from autofit.records import Summary  # noqa: E402
+
 __all__ = ["machine"]  # bench/faults.py and bench/data_pipeline.py import it from here
 
 
@@ -43,22 +45,26 @@ def main() -> int:
     if proc.returncode != 0:
         print(f"bench: autofit exited with {proc.returncode}", file=sys.stderr)
         return proc.returncode
-    summary = json.loads((out / "summary.json").read_text())
+    summary = Summary.read(out / "summary.json")
+    if summary is None or summary.status != "finished" or summary.budget_s is None:
+        print(f"bench: {out / 'summary.json'} is not a finished run's summary", file=sys.stderr)
+        return 1
     record = {
         "bench": "cifar10",
-        "budget_s": summary["budget_s"],
-        "max_params": summary["budget"]["max_params"],
+        "budget_s": summary.budget_s,
+        "max_params": summary.budget.max_params if summary.budget else None,
         "elapsed_s": round(elapsed, 2),
-        "elapsed_over_budget": round(elapsed / summary["budget_s"], 4),
-        "test_accuracy": summary["test_accuracy"],
-        "val_accuracy": summary["val_accuracy"],
-        "params": summary["params"],
-        "trials": summary["trials"],
-        "best_config": summary["best_config"],
-        "phases": summary["phases"],
-        "refit_epochs": summary["refit"]["epochs"],
-        "device": summary["device"],
-        "data_pipeline": summary["data_pipeline"],
+        "elapsed_over_budget": round(elapsed / summary.budget_s, 4),
+        "test_accuracy": summary.test_accuracy,
+        "val_accuracy": summary.val_accuracy,
+        "params": summary.params,
+        "trials": summary.trials,
+        "best_config": summary.best_config.model_dump() if summary.best_config else None,
+        "phases": summary.phases,
+        "refit_epochs": summary.refit.epochs if summary.refit else None,
+        "device": summary.device,
+        "data_path": summary.data_path,
+        "precision": summary.precision,
         "machine": machine(),
         "run_dir": str(out),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -87,9 +87,9 @@ def write_record(out: Path, record: dict[str, object]) -> int:
 
 
 def default_prior() -> Any:
-    """The `first:` prior of search_spaces/default.yaml (an autofit.space.First)."""
+    """The `first:` prior of search_spaces/default.yaml (an autofit.search.space.First)."""
     from autofit.presets import preset
-    from autofit.space import SearchSpace
+    from autofit.search.space import SearchSpace
 
     first = SearchSpace.load(preset("search_spaces", "default")).first
     if first is None:
@@ -104,9 +104,10 @@ def prior_model(data: Any, first: Any, width: int, recipe: Any, seed: int,
     Dataset)."""
     import torch
 
-    from autofit import models, pipeline
-    from autofit.space import TrialConfig
-    from autofit.trial import make_model
+    from autofit import models
+    from autofit.config import TrialConfig
+    from autofit.data import pipeline
+    from autofit.train.loop import make_model
 
     arch = {**first.arch, **(arch or {}), "width": width}
     config = TrialConfig(family=first.family, arch=arch, recipe=recipe,

@@ -12,7 +12,7 @@ one still running `KILL_GRACE` past it is killed and recorded so. Contenders:
   a  autofit: `python -m autofit run -q` with `--space` (search, refit, export, evaluate).
   b  a fixed hand recipe under the cap, no search: fastnet (autofit/models/fastnet.py, depth
      2, airbench94's shape) trained on every train image (no validation split) for the whole
-     budget by autofit's own loop (`trial.train`): SGD-Nesterov, one-cycle, label smoothing
+     budget by autofit's own loop (`train.loop.train`): SGD-Nesterov, one-cycle, label smoothing
      0.2, crop + flip (autofit's loader), flip TTA in the graph.
      Width rule: two widths (`PROBE_WIDTHS`) train for `PROBE_S` seconds each through the
      same loop; the training cost per image is modelled as a + b * width^2 (conv work grows
@@ -54,6 +54,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, add_data_argument, check_data, listing, machine  # noqa: E402
+
+from autofit.records import Summary  # noqa: E402
 
 CONTENDERS = {"a": "autofit", "b": "fastnet-hand", "c": "autofit-random", "d": "resnet18"}
 HAND_DEPTH = 2  # airbench94's convs per block
@@ -149,7 +151,7 @@ def space_searcher(space: str) -> tuple[str | None, str | None]:
     autofit refuses the file."""
     from autofit.errors import AutofitError
     from autofit.presets import preset
-    from autofit.space import SearchSpace
+    from autofit.search.space import SearchSpace
 
     try:
         return getattr(SearchSpace.load(preset("search_spaces", space)), SEARCHER_KEY, None), None
@@ -181,23 +183,23 @@ def run_autofit(key: str, minutes: float, max_params: int, args: argparse.Namesp
     if key == "c" and record["status"] == "failed" and SEARCHER_KEY in record["notes"]:
         record.update(status="skipped",
                       notes=f"searcher option not available: {record['notes']}")
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
+    summary = Summary.read(run_dir / "summary.json")
+    if summary is None:
         return record
-    if summary.get("status") != "finished":
-        record["notes"] = f"{record['notes']} autofit: {summary.get('error')}".strip()
+    config, plan, refit = summary.best_config, summary.plan, summary.refit
+    if summary.status != "finished" or config is None or plan is None or refit is None \
+            or summary.params is None:
+        record["notes"] = f"{record['notes']} autofit: {summary.error}".strip()
         return record
-    config = summary["best_config"]
-    arch = " ".join(f"{k}={v}" for k, v in config["arch"].items())
-    record.update(test_accuracy=summary["test_accuracy"], params=summary["params"],
-                  over_cap=summary["params"] > max_params, epochs=summary["refit"]["epochs"],
-                  trials=summary["trials"], best_config=config,
-                  val_accuracy=summary["val_accuracy"], autofit_elapsed_s=summary["elapsed_s"],
-                  phases=summary["phases"],
-                  notes=f"{searcher or 'random'} search, {summary['trials']} trials; best "
-                        f"{config['family']} {arch}" if summary["plan"].get("searched", True)
-                  else f"search skipped ({summary['plan']['split']}); {config['family']} {arch}")
+    arch = " ".join(f"{k}={v}" for k, v in config.arch.items())
+    record.update(test_accuracy=summary.test_accuracy, params=summary.params,
+                  over_cap=summary.params > max_params, epochs=refit.epochs,
+                  trials=summary.trials, best_config=config.model_dump(),
+                  val_accuracy=summary.val_accuracy, autofit_elapsed_s=summary.elapsed_s,
+                  phases=summary.phases, precision=summary.precision,
+                  notes=f"{searcher or 'random'} search, {summary.trials} trials; best "
+                        f"{config.family} {arch}" if plan.searched
+                  else f"search skipped ({plan.split}); {config.family} {arch}")
     return record
 
 
@@ -339,8 +341,8 @@ class Data:
 def load_data(root: Path, seed: int, threads: int, device: str) -> Data:
     """The folder decoded once by autofit's own loader and data path; its validation split
     goes back into training (the baselines do not search, so they hold nothing out)."""
-    from autofit import pipeline
-    from autofit.dataset import load
+    from autofit.data import pipeline
+    from autofit.data.dataset import load
 
     tick = time.time()
     dataset = load(str(root), seed, threads, path=pipeline.choose(device))
@@ -357,8 +359,8 @@ def end_reserve(model: Any, data: Data, folder: Path, threads: int) -> tuple[flo
     import torch
 
     from autofit.budget import EXIT_RESERVE_S
-    from autofit.evaluate import score_onnx
-    from autofit.export import export_onnx
+    from autofit.deliver.evaluate import score_onnx
+    from autofit.deliver.export import export_onnx
 
     cpu = copy.deepcopy(model).eval().to("cpu", memory_format=torch.contiguous_format)
     tick = time.time()
@@ -378,10 +380,10 @@ def fit_and_score(model: Any, recipe: Any, data: Data, deadline: float, folder: 
     that), export, score on the test set through onnxruntime."""
     import torch
 
-    from autofit import pipeline
-    from autofit.evaluate import score_onnx
-    from autofit.export import export_onnx
-    from autofit.trial import train
+    from autofit.data import pipeline
+    from autofit.deliver.evaluate import score_onnx
+    from autofit.deliver.export import export_onnx
+    from autofit.train.loop import train
 
     reserve, ort_rate = end_reserve(model, data, folder, threads)
     loader = pipeline.training_loader(data.path, data.x, data.y, recipe, seed=seed,
@@ -413,10 +415,11 @@ def hand_recipe(data: Data, deadline: float, args: argparse.Namespace, threads: 
     """Contender b: fastnet at the width the throughput rule picks (module docstring)."""
     import torch
 
-    from autofit import models, pipeline
+    from autofit import models
     from autofit.budget import EXIT_RESERVE_S, EXPORT_RESERVE_S, test_pass_rate
-    from autofit.space import Recipe, TrialConfig
-    from autofit.trial import make_model, train
+    from autofit.config import Recipe, TrialConfig
+    from autofit.data import pipeline
+    from autofit.train.loop import make_model, train
 
     recipe = Recipe(batch_size=256, lr=0.2, weight_decay=5e-4, momentum=0.9,
                     label_smoothing=0.2, hflip=True, optimizer="sgd", schedule="onecycle",
@@ -482,8 +485,8 @@ def resnet18(data: Data, deadline: float, args: argparse.Namespace, threads: int
     import torchvision
     from torch import nn
 
+    from autofit.config import Recipe
     from autofit.models import Classifier
-    from autofit.space import Recipe
 
     recipe = Recipe(batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4, hflip=True,
                     optimizer="sgd", schedule="cosine")

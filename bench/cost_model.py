@@ -2,7 +2,7 @@
 
     python bench/cost_model.py [--shape 3,32,32,10] [--seconds 2]
 
-autofit/probe.py prices a training image per forward MAC and per activation value from two
+autofit/train/probe.py prices a training image per forward MAC and per activation value from two
 reference models; the plan's compute cap rests on it. This times a dozen models of every
 family on this machine (SGD steps on random pixels, as the probe does) and writes
 bench/results/cost_model.json: each model's measured seconds per image, the two-price
@@ -41,8 +41,9 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from autofit import models, probe
+    from autofit import models
     from autofit.models import DataShape
+    from autofit.train import probe
 
     shape = DataShape(*(int(v) for v in args.shape.split(",")))
     threads = torch.get_num_threads()

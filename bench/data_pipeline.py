@@ -4,7 +4,7 @@
     python bench/data_pipeline.py --limit 2000   # smoke run
 
 Measures, so the ratios come from one machine state: (1) decoding the 60k JPEGs once with
-autofit.decoder (DALI CPU in a child process) against PIL with a thread pool and single
+autofit.data.decoder (DALI CPU in a child process) against PIL with a thread pool and single
 threaded; (2) one augmented training epoch through autofit's BatchLoader against a
 torchvision Dataset + DataLoader; (3) a training step against a DALI batch, to tell whether
 data is the bottleneck. Writes bench/results/data_pipeline.json and prints a summary.
@@ -95,9 +95,10 @@ def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
 
 
 def dali_decode(files: list[str], threads: int) -> np.ndarray:
-    """autofit.decoder.decode's pixels (DALI CPU in its child process), as a run gets them: every
+    """autofit.data.decoder.decode's pixels (DALI CPU in its child process), as a run gets them:
+    every
     CIFAR header says 32x32, so the run skips the resize."""
-    from autofit import decoder
+    from autofit.data import decoder
 
     pixels, _ = decoder.decode(files, SIZE, SIZE, 3, threads, resize=False)
     return pixels
@@ -108,10 +109,11 @@ def decode_overheads(files: list[str], threads: int, shape: tuple[int, ...]) -> 
     import and pipeline build), measured as a one-file decode; and copying the result out of
     shared memory the way decoder.decode does (the parent maps pages the child filled)."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import autofit.decoder"], check=True)
+    subprocess.run([sys.executable, "-c", "import autofit.data.decoder"], check=True)
     python_start = time.perf_counter() - start
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import autofit.decoder, nvidia.dali.fn"], check=True)
+    subprocess.run([sys.executable, "-c", "import autofit.data.decoder, nvidia.dali.fn"],
+                   check=True)
     dali_import = time.perf_counter() - start
     start = time.perf_counter()
     dali_decode(files[:1], threads)
@@ -136,10 +138,10 @@ def decode_overheads(files: list[str], threads: int, shape: tuple[int, ...]) -> 
 
 
 def bench_decode(args: argparse.Namespace) -> tuple[dict[str, object], np.ndarray, np.ndarray]:
-    from autofit import dataset
+    from autofit.data import discover
 
     start = time.perf_counter()
-    _, train, test, _ = dataset.discover(Path(args.data), seed=0)
+    _, train, test, _ = discover.discover(Path(args.data), seed=0)
     listing_s = time.perf_counter() - start
     listed = len(train.files) + len(test.files)
     limit = args.limit or None
@@ -168,7 +170,7 @@ def bench_decode(args: argparse.Namespace) -> tuple[dict[str, object], np.ndarra
     result = {
         "images": n, "train_images": len(train_files), "test_images": len(test_files),
         "listing": {"seconds": round(listing_s, 2), "files_listed": listed,
-                    "note": "dataset.discover: listing + header checks of every file, full set "
+                    "note": "discover.discover: listing + header checks of every file, full set "
                             "even with --limit"},
         "dali": {"seconds": round(dali_s, 2), "images_per_s": rate(n, dali_s),
                  "target_s": DECODE_TARGET_S if full else "applies to the full 60k only",
@@ -193,7 +195,7 @@ def bench_decode(args: argparse.Namespace) -> tuple[dict[str, object], np.ndarra
 def loader_epoch(x: np.ndarray, y: np.ndarray, threads: int, path: str = "dali-cpu",
                **extra: float) -> dict[str, object]:
     """One warm epoch of autofit's training loader on `path`: what every trial epoch costs."""
-    from autofit import pipeline
+    from autofit.data import pipeline
 
     start = time.perf_counter()
     loader = pipeline.loader(path, x, y, BATCH, train=True, hflip=True, seed=0,
@@ -282,7 +284,7 @@ def bench_feed(x: np.ndarray, y: np.ndarray, threads: int) -> dict[str, object]:
 
 def step_time(arch: dict[str, int], x: torch.Tensor, y: torch.Tensor,
               mean: list[float], std: list[float]) -> dict[str, object]:
-    """Seconds per training step, built and stepped as autofit's trial.train does: channels_last
+    """Seconds per training step, as autofit's train.loop.train builds and steps it: channels_last
     Classifier, SGD Nesterov with decay on weights only, cross-entropy, loss.item() per step."""
     from autofit import models
 
@@ -315,7 +317,7 @@ def step_time(arch: dict[str, int], x: torch.Tensor, y: torch.Tensor,
 
 def bench_steps(x: np.ndarray, y: np.ndarray, threads: int,
                 data_s: float) -> dict[str, object]:
-    from autofit.pipeline import BatchLoader
+    from autofit.data.pipeline import BatchLoader
 
     pixels = x.reshape(-1, 3)
     mean = [round(float(m), 6) for m in pixels.mean(0) / 255.0]

@@ -27,14 +27,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cifar10 import machine  # noqa: E402
 
+from autofit.records import JournalState, Summary  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def spent(out: Path) -> float:
-    try:
-        return sum(json.loads((out / "journal.json").read_text())["spent"].values())
-    except (OSError, ValueError, KeyError):
-        return 0.0
+    journal = JournalState.read(out / "journal.json")
+    return 0.0 if journal is None else sum(journal.spent.values())
 
 
 def finished_trials(log: str) -> dict[int, float]:
@@ -74,17 +74,19 @@ def main() -> None:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         log = (run_dir / "run.log").read_text()
-        journal = json.loads((run_dir / "journal.json").read_text())
+        journal = JournalState.read(run_dir / "journal.json")
         started_trials |= {int(n) for n in re.findall(r"trial (\d+) start", log)}
         finished.update(finished_trials(log))
-        kills.append({"at_budget_s": round(spent(run_dir), 1), "phase": journal.get("phase")})
+        kills.append({"at_budget_s": round(spent(run_dir), 1),
+                      "phase": journal.phase if journal else None})
         print(f"killed at {kills[-1]['at_budget_s']}s of budget ({kills[-1]['phase']})",
               flush=True)
         command = [sys.executable, "-m", "autofit", "run", "--resume", str(run_dir)]
     proc = subprocess.run(command, capture_output=True, text=True)
     wall = time.time() - started
 
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = Summary.read(run_dir / "summary.json")
+    finished_run = summary is not None and summary.status == "finished"
     with open(run_dir / "leaderboard.csv") as handle:
         rows = {int(r["trial"]): r for r in csv.DictReader(handle)}
     lost = sorted(n for n in started_trials if n not in rows or rows[n]["status"] == "error")
@@ -93,15 +95,15 @@ def main() -> None:
     result = {
         "benchmark": "faults", "budget_s": budget_s, "max_params": args.max_params,
         "data": args.data or "embedded digits", "seed": args.seed, "kills": kills,
-        "runs_completed": int(proc.returncode == 0 and summary.get("status") == "finished"),
+        "runs_completed": int(proc.returncode == 0 and finished_run),
         "exit_code": proc.returncode, "error": proc.stderr.strip()[-500:] or None,
         "trials_started_before_kills": len(started_trials),
         "trials_finished_before_kills": len(finished), "trials_final": len(rows),
         "trials_lost": len(lost), "lost": lost, "finished_trials_changed": len(changed),
-        "budget_used_s": summary.get("elapsed_s"), "resumes": summary.get("resumes"),
-        "within_budget": summary.get("elapsed_s", 1e9) <= budget_s + 5.0,
-        "wall_s_including_restarts": round(wall, 1), "phases": summary.get("phases"),
-        "test_accuracy": summary.get("test_accuracy"), "machine": machine(),
+        "budget_used_s": summary and summary.elapsed_s, "resumes": summary and summary.resumes,
+        "within_budget": summary is not None and summary.elapsed_s <= budget_s + 5.0,
+        "wall_s_including_restarts": round(wall, 1), "phases": summary and summary.phases,
+        "test_accuracy": summary and summary.test_accuracy, "machine": machine(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

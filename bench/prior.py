@@ -5,7 +5,7 @@ model scored with each set of test-time views.
     python bench/prior.py --only baseline alternate_flip=true --seeds 2
     python bench/prior.py --only baseline whiten=0 --seeds 2 --width 16   # the whitened stem
     python bench/prior.py --epochs 0.5 --train-per-class 50 --test-per-class 20 --out /tmp/p.json
-    AUTOFIT_PRECISION=fp32 python bench/prior.py --only baseline   # float32 (autofit/precision.py)
+    AUTOFIT_PRECISION=fp32 python bench/prior.py --only baseline   # float32 (train/precision.py)
 
 The prior (`first:` of search_spaces/default.yaml, fastnet depth 2) trains on the CIFAR-10
 JPEGs through autofit's own loader and trainer for a fixed number of epochs, so the
@@ -73,9 +73,11 @@ def main() -> int:
     import torch
     from recipes import load
 
-    from autofit import models, pipeline, precision
-    from autofit.space import Recipe
-    from autofit.trial import EVAL_BATCH, evaluate, train
+    from autofit import models
+    from autofit.config import Recipe
+    from autofit.data import pipeline
+    from autofit.train import precision
+    from autofit.train.loop import EVAL_BATCH, evaluate, train
 
     torch.set_num_threads(args.threads)
     path = pipeline.choose("cpu")

@@ -6,7 +6,7 @@
 One fixed small model (ResNet depth 8, width 16) trains for the same wall-clock seconds with
 the baseline recipe and with each knob changed one at a time (optimizers, schedule, label
 smoothing, dropout, EMA, test-time flips, alternating flips, cutout), through autofit's own
-loop (`trial.train`, time-driven schedule, as a search trial trains), and is scored on
+loop (`train.loop.train`, time-driven schedule, as a search trial trains), and is scored on
 held-out images from the test folder. Equal seconds, not equal epochs: SAM's second pass and
 TTA's second view are charged as a run would pay for them. Writes bench/results/recipes.json
 and prints a table.
@@ -25,11 +25,12 @@ from typing import Any
 
 import torch
 
-from autofit import models, pipeline
-from autofit.dataset import Dataset, Resolution
+from autofit import models
+from autofit.config import Recipe, TrialConfig
+from autofit.data import pipeline
+from autofit.data.dataset import Dataset, Resolution
 from autofit.models import DataShape
-from autofit.space import Recipe, TrialConfig
-from autofit.trial import EVAL_BATCH, evaluate, make_model, train
+from autofit.train.loop import EVAL_BATCH, evaluate, make_model, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, add_data_argument, check_data, listing, write_record  # noqa: E402

@@ -4,8 +4,8 @@
     python bench/widths.py --widths 16 24 32 --precisions fp32 bf16 \\
         --out bench/results/precision.json
 
-The compute cap picks the prior's width from autofit/probe.py's two-price cost model, and
-autofit/precision.py trains under bf16 autocast on a CPU with AMX tiles. This trains fastnet
+The compute cap picks the prior's width from autofit/train/probe.py's two-price cost model, and
+autofit/train/precision.py trains under bf16 autocast on a CPU with AMX tiles. This trains fastnet
 (depth 2, the space's prior recipe) on the CIFAR-10 JPEGs through autofit's own loader and
 trainer, each width and precision (`AUTOFIT_PRECISION`; by default only the one autofit
 picks here) for `--seconds`, all interleaved `--rounds` times so the machine's drift touches
@@ -48,10 +48,12 @@ def main() -> int:
 
     import torch
 
-    from autofit import models, pipeline, precision, probe
-    from autofit.dataset import load
-    from autofit.space import Recipe
-    from autofit.trial import train
+    from autofit import models
+    from autofit.config import Recipe
+    from autofit.data import pipeline
+    from autofit.data.dataset import load
+    from autofit.train import precision, probe
+    from autofit.train.loop import train
 
     threads = 2
     torch.set_num_threads(threads)

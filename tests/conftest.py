@@ -67,3 +67,13 @@ def split_folder(tmp_path: Path) -> Path:
 def flat_folder(tmp_path: Path) -> Path:
     """DIR/<class>/*.png, 30 per class: autofit holds out its own test split."""
     return write_folder(tmp_path / "flat", 30, suffix=".png", seed=3)
+
+
+def progress(**given):
+    """A trial report with the given fields; the rest as an unremarkable trial's."""
+    from autofit.records import Progress
+
+    fields = {"val_accuracy": 0.5, "val_images": 100, "train_seconds": 1.0, "epoch": 1.0,
+              "steps": 10, "images_per_s": 100.0, "eval_images_per_s": 500.0, "loss": 1.0,
+              "state": "completed", "batch_size": 64, "oom_retries": 0}
+    return Progress(**{**fields, **given})

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from autofit import pipeline
+from autofit.data import pipeline
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpg"
 needs_cifar = pytest.mark.skipif(not CIFAR.is_dir(), reason=f"no CIFAR-10 JPEGs at {CIFAR}")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from autofit import models, probe
+from autofit import models
 from autofit.budget import (
     EVAL_PASS_SHARE,
     MIN_REFIT_IMAGES,
@@ -22,9 +22,11 @@ from autofit.budget import (
     Plan,
     final_reserve,
 )
+from autofit.config import Recipe, TrialConfig
 from autofit.models import DataShape
 from autofit.presets import preset
-from autofit.space import Recipe, SearchSpace, TrialConfig
+from autofit.search.space import SearchSpace
+from autofit.train import probe
 
 CIFAR = DataShape(3, 32, 32, 10)
 
@@ -173,7 +175,7 @@ def test_the_plan_keeps_back_the_test_pass_the_measured_cost_predicts():
         final_reserve(10_000, rate / 3), abs=0.01)
     assert translated.refit_s < priced.refit_s
     default = SearchSpace.load(preset("search_spaces", "default"))
-    assert default.prior_test_passes == 6  # what the runner plans with (runner._new_plan)
+    assert default.prior_test_passes == 6  # what the runner plans with (search.phase._new_plan)
     assert default.model_copy(update={"first": None}).prior_test_passes == 2
 
 
@@ -181,8 +183,8 @@ def test_an_untrained_models_test_pass_is_timed_in_onnxruntime(tmp_path):
     """A skipped search's prior was never trained, so no trial timed its evaluation: the
     reserve times onnxruntime on the model as built (float32, as the test pass runs, where
     the probe's price is of bf16 training here), with all its test-time views."""
-    from autofit.runner import _eval_rate
-    from autofit.search import TrialRecord
+    from autofit.deliver.evaluate import test_pass_speed
+    from autofit.records import TrialRecord
 
     arch = {"width": 16, "depth": 2}
     rng = np.random.default_rng(0)
@@ -193,7 +195,8 @@ def test_an_untrained_models_test_pass_is_timed_in_onnxruntime(tmp_path):
         config = TrialConfig(family="fastnet", arch=arch,
                              params=models.count_for("fastnet", arch, CIFAR),
                              recipe=Recipe(batch_size=256, lr=0.2, weight_decay=5e-4, **recipe))
-        return _eval_rate(tmp_path, TrialRecord(0, "", config), data, 2, slow)
+        record = TrialRecord(number=0, trial_id="", config=config)
+        return test_pass_speed(tmp_path, record, data, 2, slow)
 
     slow = Cost(s_per_mac=1e-3, s_per_act=0.0, reference_s=1.0)  # priced, under 0.01 images/s
     flip, translate = rate(tta=True), rate(tta=True, tta_translate=True)
@@ -207,21 +210,22 @@ def test_where_the_model_cannot_be_timed_its_test_pass_is_priced_by_its_views(tm
     """Where the untrained model cannot be exported or timed (a full disk), the reserve comes
     from the probe's price of its work, times its forward passes per test image (translate
     TTA: 6, flip TTA: 2)."""
-    from autofit import runner
-    from autofit.runner import _eval_rate
-    from autofit.search import TrialRecord
+    from autofit.deliver import evaluate
+    from autofit.deliver.evaluate import test_pass_speed
+    from autofit.records import TrialRecord
 
     def full_disk(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(runner, "_untrained_rate", full_disk)
+    monkeypatch.setattr(evaluate, "untrained_speed", full_disk)
     arch = {"width": 16, "depth": 2}
     data = SimpleNamespace(shape=CIFAR)
 
     def rate(**recipe):
         config = TrialConfig(family="fastnet", arch=arch, params=1,
                              recipe=Recipe(batch_size=256, lr=0.2, weight_decay=5e-4, **recipe))
-        return _eval_rate(tmp_path, TrialRecord(0, "", config), data, 1, COST)
+        record = TrialRecord(number=0, trial_id="", config=config)
+        return test_pass_speed(tmp_path, record, data, 1, COST)
 
     flip = rate(tta=True)
     assert flip == pytest.approx(

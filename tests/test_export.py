@@ -7,9 +7,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from autofit import export, models
+from autofit import models
+from autofit.deliver import export
+from autofit.deliver.export import export_onnx, to_input
 from autofit.errors import AutofitError, ExportError
-from autofit.export import export_onnx, to_input
 from autofit.models import Classifier, DataShape
 
 

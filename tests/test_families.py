@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from autofit import models
+from autofit.deliver.export import export_onnx
 from autofit.errors import UsageError
-from autofit.export import export_onnx
 from autofit.models import Classifier, DataShape
 from autofit.models.pyramidnet import ShakeDrop
 from autofit.presets import preset, summary_line
-from autofit.space import SearchSpace
+from autofit.search.space import SearchSpace
 
 SHAPES = [DataShape(1, 8, 8, 10), DataShape(1, 28, 28, 10), DataShape(3, 32, 32, 10),
           DataShape(1, 90, 90, 52), DataShape(3, 128, 128, 5)]

@@ -18,8 +18,8 @@ import onnxruntime as ort
 import pytest
 
 from autofit import Budget, resume, run
+from autofit.deliver.export import to_input
 from autofit.errors import AutofitError
-from autofit.export import to_input
 
 
 def _leaderboard(out: Path) -> dict[int, dict[str, str]]:
@@ -49,7 +49,8 @@ def test_failing_trials_never_end_the_search(flat_folder: Path, tmp_path: Path,
     assert {1, 2, 3, 4, 5} <= set(rows), rows.keys()
     assert rows[1]["status"] == "error" and "injected fault in trial 1" in rows[1]["error"]
     assert rows[2]["status"] == "diverged"
-    assert rows[3]["status"] != "error" and rows[3]["error"] == ""  # retried at half batch
+    assert rows[3]["status"] in {"completed", "stopped by ASHA", "stopped at search deadline"}
+    assert rows[3]["error"] == ""  # retried at half batch
     first_batch = min(int(rows[3]["batch_size"]), 88)  # 88 training images cap the batch
     assert rows[4]["status"] == "error" and "worker process died" in rows[4]["error"]
     assert rows[5]["status"] == "error" and "out of memory" in rows[5]["error"]
@@ -60,7 +61,7 @@ def test_failing_trials_never_end_the_search(flat_folder: Path, tmp_path: Path,
     oom = next(r for r in json.loads((out / "journal.json").read_text())["search"]["records"]
                if r["number"] == 3)
     assert oom["metrics"]["batch_size"] == first_batch // 2 and oom["metrics"]["oom_retries"] == 1
-    assert result.summary["best_trial"] not in {1, 2, 4, 5}
+    assert result.summary.best_trial not in {1, 2, 4, 5, None}
 
     best = json.loads((out / "best_so_far.json").read_text())
     meta = _check_onnx(out / "best_so_far.onnx")
@@ -104,7 +105,7 @@ def test_full_disk_at_export_keeps_best_so_far_and_resumes(flat_folder: Path, tm
 
     monkeypatch.delenv("AUTOFIT_FAULTS")  # space freed: the run finishes without retraining
     result = resume(out, quiet=True)
-    assert result.summary["status"] == "finished" and result.summary["resumes"] == 1
+    assert result.summary.status == "finished" and result.summary.resumes == 1
     assert "refit: done before the interruption" in (out / "run.log").read_text()
     _check_onnx(result.model_path)
     assert (out / "best_so_far.onnx").read_bytes() == before

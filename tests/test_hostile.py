@@ -24,8 +24,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import autofit
-from autofit import dataset
-from autofit.dataset import MAGIC, MAX_PIXELS, check_image_file, load
+from autofit.data import dataset
+from autofit.data.dataset import load
+from autofit.data.images import MAGIC, MAX_PIXELS, check_image_file
 from autofit.errors import DataError
 
 TWO = {"cat": (200, 40, 40), "dog": (40, 60, 200)}

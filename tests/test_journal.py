@@ -14,13 +14,14 @@ from ray.tune.search import Searcher
 
 from autofit import faults, models
 from autofit.budget import Budget, Clock
+from autofit.config import Recipe, RunArgs
+from autofit.data.pipeline import BatchLoader
 from autofit.errors import UsageError
-from autofit.journal import Journal, RunArgs
+from autofit.journal import Journal
 from autofit.models import Classifier, DataShape
-from autofit.pipeline import BatchLoader
-from autofit.search import SpaceSearcher
-from autofit.space import Recipe, SearchSpace
-from autofit.trial import train
+from autofit.search.searcher import SpaceSearcher
+from autofit.search.space import SearchSpace
+from autofit.train.loop import train
 
 RECIPE = Recipe(batch_size=32, lr=0.05, weight_decay=5e-4)
 ARGS = RunArgs(data=None, budget=Budget(minutes=1), seed=0, space="default.yaml")
@@ -33,8 +34,8 @@ def test_journal_round_trips_and_refuses_finished_runs(tmp_path: Path):
         time.sleep(1.3)
     again = Journal.open(tmp_path)
     assert again.args == ARGS
-    assert again.spent["setup"] >= 4.2 and again.get("phase") == "setup"
-    assert again.get("lives")[0]["spent_before"] == 3.0
+    assert again.state.spent["setup"] >= 4.2 and again.state.phase == "setup"
+    assert again.state.lives[0].spent_before == 3.0
     assert not list(tmp_path.glob(".*.tmp"))
     journal.set(status="finished")
     with pytest.raises(UsageError, match="already finished"):

@@ -8,8 +8,10 @@ import sys
 
 from rich.console import Console
 
-from autofit import events, live, runner
+from autofit import events
 from autofit.budget import Clock
+from autofit.reporting import live
+from autofit.reporting.logs import close_logger, run_logger
 
 RECIPE = {"batch_size": 128, "lr": 0.05}
 
@@ -88,7 +90,7 @@ def test_the_live_view_is_for_terminals_and_quiet_silences_the_console(tmp_path,
         out = tmp_path / f"quiet-{quiet}"
         out.mkdir()
         monkeypatch.setattr(sys, "stdout", io.StringIO())
-        log = runner._logger(out, clock, 60.0, quiet)
+        log = run_logger(out, clock, 60.0, quiet)
         try:
             kinds = [type(h) for h in log.handlers]
             assert kinds[:2] == [logging.FileHandler, events.EventFile]
@@ -101,4 +103,4 @@ def test_the_live_view_is_for_terminals_and_quiet_silences_the_console(tmp_path,
             assert "shown line" in logged and "hidden line" not in logged
             assert '"kind": "trial_result"' in (out / events.FILE).read_text()
         finally:
-            runner.close_logger(log)
+            close_logger(log)

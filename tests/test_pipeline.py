@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from autofit.pipeline import BatchLoader
-from autofit.torch_data import TorchBatchLoader
+from autofit.data.pipeline import BatchLoader
+from autofit.data.torch_data import TorchBatchLoader
 
 
 def _images(n=64, size=16, channels=3, seed=0):

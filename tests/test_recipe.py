@@ -15,15 +15,17 @@ import torch
 from conftest import NaNNet, two_class
 from torch import nn
 
-from autofit import models, optim, precision
-from autofit.best import MODEL, BestSoFar
+from autofit import models
+from autofit.config import Recipe, TrialConfig
+from autofit.data.pipeline import BatchLoader
+from autofit.deliver.best import MODEL, BestSoFar
+from autofit.deliver.export import export_onnx, to_input
 from autofit.errors import UsageError
-from autofit.export import export_onnx, to_input
 from autofit.models import Classifier, DataShape
-from autofit.pipeline import BatchLoader
 from autofit.presets import preset
-from autofit.space import Recipe, SearchSpace, TrialConfig
-from autofit.trial import (
+from autofit.search.space import SearchSpace
+from autofit.train import optim, precision
+from autofit.train.loop import (
     CHECKPOINT_FILE,
     evaluate,
     load_state,

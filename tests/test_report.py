@@ -19,9 +19,11 @@ import pytest
 from chromium import browser, open_page
 from conftest import write_folder
 
-from autofit import events, page, plots, rundir
+from autofit import events
 from autofit.budget import Budget, Clock
-from autofit.journal import Journal, RunArgs
+from autofit.config import RunArgs
+from autofit.journal import Journal
+from autofit.reporting import html_report, plots, run_files
 
 BUDGET_S = 40.0
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -103,9 +105,9 @@ def test_every_trial_report_is_an_event_with_its_budget_time(terminal_run):
     starts = {e["trial"] for e in found if e["kind"] == "trial_start"}
     assert len(starts) == summary["trials"]
     ends = {e["trial"]: e["status"] for e in found if e["kind"] == "trial_end"}
-    board = {int(r["trial"]): r["status"] for r in rundir.read(out).leaderboard}
+    board = {int(r["trial"]): r["status"] for r in run_files.read(out).leaderboard}
     assert {n: s for n, s in ends.items() if n in board} == board
-    curves = plots.trial_curves(rundir.read(out))
+    curves = plots.trial_curves(run_files.read(out))
     assert curves and all(len(points) >= 1 for points in curves.values())
 
 
@@ -128,7 +130,7 @@ def test_report_html_renders_in_headless_chromium_without_errors(terminal_run, t
             pytest.fail("chromium is not installed and AUTOFIT_REQUIRE_BROWSER is set")
         pytest.skip("chromium is not installed (Debian package chromium); .ci/run installs it")
     shot = tmp_path / "report.png"
-    load = open_page(out / page.FILE, PAGE_FACTS, screenshot=shot)
+    load = open_page(out / html_report.FILE, PAGE_FACTS, screenshot=shot)
     assert load.errors == []
     assert all(url.startswith(("file://", "data:")) for url in load.requests), load.requests
     facts = json.loads(load.facts)
@@ -145,27 +147,27 @@ def test_report_html_renders_in_headless_chromium_without_errors(terminal_run, t
 def test_plots_are_saved_as_png_beside_the_page(terminal_run):
     out, _, _ = terminal_run
     for name in plots.PLOTS:
-        data = (out / page.PLOT_DIR / f"{name}.png").read_bytes()
+        data = (out / html_report.PLOT_DIR / f"{name}.png").read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000, name
-    html = (out / page.FILE).read_text()
+    html = (out / html_report.FILE).read_text()
     assert "http://" not in html and "https://" not in html and "<script" not in html
 
 
 def test_autofit_report_renders_the_page_again(terminal_run):
     out, _, _ = terminal_run
-    before = (out / page.FILE).read_text()
-    (out / page.FILE).unlink()
-    (out / page.PLOT_DIR / "curves.png").unlink()
+    before = (out / html_report.FILE).read_text()
+    (out / html_report.FILE).unlink()
+    (out / html_report.PLOT_DIR / "curves.png").unlink()
     proc = subprocess.run([sys.executable, "-m", "autofit", "report", str(out)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == str(out / page.FILE)
-    after = (out / page.FILE).read_text()
+    assert proc.stdout.strip() == str(out / html_report.FILE)
+    after = (out / html_report.FILE).read_text()
     outline = re.compile(r"<h2>[^<]*</h2>|<img alt=\"\w+\"")
     assert outline.findall(after) == outline.findall(before)
     summary = json.loads((out / "summary.json").read_text())
     assert f"{summary['elapsed_s']:.1f} s of {BUDGET_S:.1f} s" in after  # the final summary
-    assert (out / page.PLOT_DIR / "curves.png").is_file()
+    assert (out / html_report.PLOT_DIR / "curves.png").is_file()
 
 
 def test_autofit_runs_lists_finished_and_interrupted_runs(terminal_run):
@@ -177,7 +179,7 @@ def test_autofit_runs_lists_finished_and_interrupted_runs(terminal_run):
     journal = Journal.create(interrupted, args)
     with journal.heartbeat(Clock(60.0)):
         pass
-    journal.set(beat_at=time.time() - 2 * rundir.ALIVE_S)  # its last heartbeat, then it died
+    journal.set(beat_at=time.time() - 2 * run_files.ALIVE_S)  # its last heartbeat, then it died
     proc = subprocess.run([sys.executable, "-m", "autofit", "runs", str(out.parent)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -196,7 +198,7 @@ def test_autofit_runs_lists_finished_and_interrupted_runs(terminal_run):
     report = subprocess.run([sys.executable, "-m", "autofit", "report", str(interrupted)],
                             capture_output=True, text=True, timeout=60)
     assert report.returncode == 0, report.stderr
-    assert "interrupted" in (interrupted / page.FILE).read_text()
+    assert "interrupted" in (interrupted / html_report.FILE).read_text()
 
 
 def test_report_of_a_resumed_run_lays_each_life_end_to_end(tmp_path):
@@ -207,7 +209,7 @@ def test_report_of_a_resumed_run_lays_each_life_end_to_end(tmp_path):
                                         + '{"kind": "torn')
     (tmp_path / "summary.json").write_text(json.dumps({"status": "finished",
                                                        "elapsed_s": 30.0}))
-    run = rundir.read(tmp_path)
+    run = run_files.read(tmp_path)
     assert plots.phase_spans(run) == [("setup", 0.0, 5.0), ("search", 5.0, 12.0),
                                       ("setup", 12.0, 15.0), ("search", 15.0, 20.0),
                                       ("refit", 20.0, 30.0)]

@@ -1,4 +1,5 @@
-"""GPU packing (autofit/packing.py): how many trials share a GPU, and the resources each gets.
+"""GPU packing (autofit/search/packing.py): how many trials share a GPU, and the resources each
+gets.
 No GPU here: the arithmetic is tested with given memory sizes, the probe only for saying None
 without CUDA, and the GPU path itself is unverified by these tests."""
 
@@ -11,10 +12,17 @@ import torch
 
 from autofit import models
 from autofit.models import DataShape
-from autofit.packing import Probe, candidates, gpu_share, measure, probe_peak_memory, trials_per_gpu
 from autofit.presets import preset
-from autofit.search import Workers, describe_workers, plan_workers, ray_session
-from autofit.space import SearchSpace
+from autofit.search.cluster import Workers, describe_workers, plan_workers, ray_session
+from autofit.search.packing import (
+    Probe,
+    candidates,
+    gpu_share,
+    measure,
+    probe_peak_memory,
+    trials_per_gpu,
+)
+from autofit.search.space import SearchSpace
 
 GIB = 1 << 30
 CIFAR = DataShape(3, 32, 32, 10)

@@ -12,14 +12,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import progress
 
 from autofit import models
 from autofit.errors import UsageError
 from autofit.models import DataShape
 from autofit.presets import preset
-from autofit.search import SearchOutcome, SpaceSearcher, TrialRecord
-from autofit.space import SearchSpace
-from autofit.trial import TRIAL_KEY
+from autofit.records import SearchOutcome, TrialRecord
+from autofit.search.searcher import SpaceSearcher
+from autofit.search.space import SearchSpace
+from autofit.search.trainable import TRIAL_KEY
 
 CIFAR = DataShape(3, 32, 32, 10)
 SYNTHETIC = {
@@ -149,15 +151,17 @@ def test_a_tie_on_validation_noise_goes_to_the_trial_trained_longest():
         DataShape(channels=3, height=32, width=32, num_classes=10), 2_000_000, None)
 
     def record(number: int, acc: float, seconds: float, images: int = 5_000) -> TrialRecord:
-        return TrialRecord(number, f"t{number}", config, status="completed", metrics={
-            "val_accuracy": acc, "train_seconds": seconds, "val_images": images})
+        return TrialRecord(number=number, trial_id=f"t{number}", config=config,
+                           status="completed", metrics=progress(
+                               val_accuracy=acc, train_seconds=seconds, val_images=images))
 
     prior, draw = record(1, 0.4350, 17.2), record(2, 0.4352, 15.0)
-    outcome = SearchOutcome([prior, draw], 0.0)
+    outcome = SearchOutcome(records=[prior, draw], overrun_s=0.0)
     assert outcome.top is draw and outcome.best is prior
     clear = record(3, 0.4500, 15.0)  # three standard errors above: a real win
-    assert SearchOutcome([prior, draw, clear], 0.0).best is clear
-    few = SearchOutcome([record(1, 0.40, 17.2, images=50), record(2, 0.44, 5.0, images=50)], 0.0)
+    assert SearchOutcome(records=[prior, draw, clear], overrun_s=0.0).best is clear
+    few = SearchOutcome(records=[record(1, 0.40, 17.2, images=50),
+                                 record(2, 0.44, 5.0, images=50)], overrun_s=0.0)
     assert few.best.number == 1  # 50 images: 0.04 is well inside the noise (0.07)
-    failed = TrialRecord(4, "t4", config, status="error", error="boom")
-    assert SearchOutcome([failed, draw], 0.0).best is draw
+    failed = TrialRecord(number=4, trial_id="t4", config=config, status="error", error="boom")
+    assert SearchOutcome(records=[failed, draw], overrun_s=0.0).best is draw

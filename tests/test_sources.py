@@ -10,14 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from autofit.data.sources import NAMED, default_named_root, load_named, load_npz, read_csv
 from autofit.errors import DataError
-from autofit.sources import (
-    NAMED,
-    default_named_root,
-    load_named,
-    load_npz,
-    read_csv,
-)
 
 FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
            "Bag", "Ankle boot"]

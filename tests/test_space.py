@@ -5,10 +5,11 @@ import pytest
 
 from autofit import models
 from autofit.budget import ComputeCap, Cost
+from autofit.config import Recipe
 from autofit.errors import BudgetError, UsageError
 from autofit.models import DataShape
 from autofit.presets import preset
-from autofit.space import Recipe, SearchSpace
+from autofit.search.space import SearchSpace
 
 CIFAR = DataShape(3, 32, 32, 10)
 

@@ -1,12 +1,12 @@
-"""The DALI-free data path: PIL decode and torch augmentation (autofit.torch_data)."""
+"""The DALI-free data path: PIL decode and torch augmentation (autofit.data.torch_data)."""
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from autofit.data.torch_data import TorchBatchLoader, decode
 from autofit.errors import DataError
-from autofit.torch_data import TorchBatchLoader, decode
 
 
 def _images(n=64, size=16, channels=3, seed=0):
@@ -207,7 +207,7 @@ def _offsets(loader, x, pad):
 
 def test_crops_match_the_dali_loader_semantics():
     pytest.importorskip("nvidia.dali")
-    from autofit.pipeline import BatchLoader
+    from autofit.data.pipeline import BatchLoader
 
     x, _ = _images(48, size=16)
     x = np.maximum(x, 1)
@@ -233,7 +233,7 @@ def _mirrored(loader, x, pad):
 def test_alternate_flip_mirrors_each_image_in_every_other_epoch(dali):
     if dali:
         pytest.importorskip("nvidia.dali")
-        from autofit.pipeline import BatchLoader as make
+        from autofit.data.pipeline import BatchLoader as make
     else:
         make = TorchBatchLoader
     x, _ = _images(64, size=12)
@@ -262,7 +262,7 @@ def test_works_without_dali(tmp_path):
     code = (
         "import sys; sys.modules['nvidia'] = sys.modules['nvidia.dali'] = None\n"
         "import numpy as np\n"
-        "from autofit.torch_data import TorchBatchLoader, decode\n"
+        "from autofit.data.torch_data import TorchBatchLoader, decode\n"
         f"out, _ = decode({paths!r}, 8, 8, 3, 2)\n"
         "xb, yb = next(iter(TorchBatchLoader(out, np.arange(3), 3, train=True, cutout=0.5)))\n"
         "assert xb.shape == (3, 3, 8, 8)\n"

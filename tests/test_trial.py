@@ -6,11 +6,11 @@ import torch
 from conftest import NaNNet, two_class
 
 from autofit import models
+from autofit.config import Recipe
+from autofit.data.pipeline import BatchLoader
 from autofit.models import Classifier, DataShape
-from autofit.optim import WARMUP, lr_factor
-from autofit.pipeline import BatchLoader
-from autofit.space import Recipe
-from autofit.trial import train
+from autofit.train.loop import train
+from autofit.train.optim import WARMUP, lr_factor
 
 RECIPE = Recipe(batch_size=32, lr=0.1, weight_decay=5e-4)
 

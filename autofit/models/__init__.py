@@ -67,7 +67,7 @@ def count_work(family: str, arch: Mapping[str, int], shape: DataShape) -> tuple[
 
     MACs alone mis-time models on a CPU by up to 4x: narrow and deep nets are bound by memory
     traffic (batch norm, activations, pooling), which grows with the values every layer
-    writes, not with its arithmetic. autofit/probe.py prices both."""
+    writes, not with its arithmetic. autofit/train/probe.py prices both."""
     with torch.device("meta"):
         net = build(family, arch, shape.channels, shape.num_classes, shape.size).eval()
     macs = acts = 0

@@ -1,0 +1,84 @@
+"""What a user asks for, typed: a trial's recipe and configuration, and a run's arguments.
+
+Shared by every phase (the data loader reads a recipe's augmentation, the trainer its optimizer,
+the journal a run's arguments), so it imports nothing of autofit's but the budget.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from autofit.budget import Budget
+
+
+class Recipe(BaseModel):
+    """Training settings of one trial (what `training:` in a space file samples).
+
+    Every field after the first three has a default equal to what autofit did before it
+    existed, so journals and checkpoints of older runs still validate. How `lr`, `weight_decay`
+    and `momentum` read for each optimizer: autofit/train/optim.py."""
+
+    model_config = ConfigDict(extra="forbid")
+    batch_size: int = Field(gt=0)
+    lr: float = Field(gt=0.0)  # peak, on SGD's scale (adaptive optimizers: x0.01)
+    weight_decay: float = Field(ge=0.0)
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    hflip: bool = True
+    alternate_flip: bool = False  # with hflip: each image mirrored every other epoch (airbench)
+    cutout: float = Field(default=0.0, ge=0.0, le=1.0)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)  # SGD momentum, Adam's beta1
+    optimizer: Literal["sgd", "adam", "adamw", "nadam", "sam"] = "sgd"
+    schedule: Literal["onecycle", "cosine"] = "onecycle"
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)  # before the classifier head
+    ema: bool = False  # evaluate, checkpoint and export an EMA of the weights
+    tta: bool = False  # average the logits of each image and its mirror (only with hflip)
+    tta_translate: bool = False  # and of its views shifted a pixel each way (3x the passes)
+
+    @property
+    def mirror_tta(self) -> bool:
+        """Test-time mirrors only where training mirrors: a space that turns `hflip` off
+        because a mirror changes the label gets no mirrored views at test time either."""
+        return self.tta and self.hflip
+
+    @property
+    def test_passes(self) -> int:
+        """Forward passes of the network per evaluated image: one per test-time view."""
+        return (2 if self.mirror_tta else 1) * (3 if self.tta_translate else 1)
+
+
+class TrialConfig(BaseModel):
+    """One sampled point, already fitted to the parameter cap: all a trial needs to train."""
+
+    model_config = ConfigDict(extra="forbid")
+    family: str
+    arch: dict[str, int]
+    recipe: Recipe
+    params: int
+    macs: int | None = None  # multiply-accumulates per image, forward (None in older runs)
+
+    def describe(self) -> str:
+        arch = " ".join(f"{k}={v}" for k, v in self.arch.items())
+        r = self.recipe
+        extras = "".join(f" {name}" for name, on in (
+            ("alternate_flip", r.alternate_flip and r.hflip), ("ema", r.ema),
+            ("tta", r.mirror_tta), ("tta_translate", r.tta_translate)) if on)
+        macs = "" if self.macs is None else f", {self.macs / 1e6:.1f}M MACs"
+        return (f"{self.family} {arch} ({self.params / 1e6:.3f}M params{macs}) {r.optimizer} "
+                f"{r.schedule} bs={r.batch_size} lr={r.lr:.3g} wd={r.weight_decay:.2g} "
+                f"ls={r.label_smoothing} hflip={r.hflip} cutout={r.cutout} "
+                f"dropout={r.dropout}{extras}")
+
+
+class RunArgs(BaseModel):
+    """What a run was asked to do; `--resume` runs it again exactly so."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: str | None
+    data_root: str | None = None
+    budget: Budget
+    seed: int
+    space: str
+    ray_address: str | None = None

@@ -1,0 +1,58 @@
+"""`RunContext`: what the phases of one run share, instead of a dozen parameters each.
+
+Set up once per process life by the runner; each phase fills in its result (`plan`,
+`outcome`, `refit`, `export`, `test`) so the summary is built from one object.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from autofit import events
+from autofit.budget import Budget, Clock, Plan
+from autofit.config import RunArgs
+from autofit.journal import Journal
+from autofit.records import ExportInfo, RefitInfo, SearchOutcome, TestResult
+
+
+@dataclass
+class RunContext:
+    journal: Journal
+    clock: Clock
+    log: logging.Logger
+    threads: int
+    device: str = "cpu"  # where trials and the refit train: "cpu" or "cuda"
+    data_path: str = ""  # the data path taken: "dali-gpu", "dali-cpu" or "torch"
+    precision: str = ""  # "bf16" or "fp32"
+    plan: Plan | None = None
+    outcome: SearchOutcome | None = None
+    refit: RefitInfo | None = None
+    export: ExportInfo | None = None
+    test: TestResult | None = None
+
+    @property
+    def args(self) -> RunArgs:
+        return self.journal.args
+
+    @property
+    def budget(self) -> Budget:
+        return self.journal.args.budget
+
+    @property
+    def seed(self) -> int:
+        return self.journal.args.seed
+
+    @property
+    def run_dir(self) -> Path:
+        return self.journal.run_dir
+
+    @property
+    def resumed(self) -> bool:
+        return bool(self.clock.spent_before)
+
+    def start_phase(self, name: str) -> None:
+        """The clock's next phase, said as an event (the budget bar and timeline show it)."""
+        self.clock.start_phase(name)
+        events.emit(self.log, "phase", "phase: %s", name, show=False, phase=name)

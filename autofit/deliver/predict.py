@@ -1,0 +1,132 @@
+"""Use an exported model: labels and probabilities for image files, and what the file is.
+
+`load("model.onnx")` reads the classes and the training resize from the model's metadata, so
+a prediction decodes and resizes exactly as the run that trained it did (`autofit.data.inputs`).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autofit.data.decoder import printable
+from autofit.data.discover import IMAGE_SUFFIXES
+from autofit.data.inputs import as_input, read_model
+from autofit.deliver.export import ort_session
+from autofit.errors import DataError
+
+LATENCY_RUNS = 50
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's top classes, most likely first."""
+
+    image: str
+    labels: list[str]
+    probabilities: list[float]
+    error: str | None = None  # why the image could not be read (no labels then)
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"image": self.image, "error": self.error}
+        return {"image": self.image, "top": [{"label": label, "probability": round(p, 6)}
+                                             for label, p in zip(self.labels, self.probabilities,
+                                                                 strict=True)]}
+
+
+class Model:
+    """An autofit ONNX model in onnxruntime, with its metadata."""
+
+    def __init__(self, path: str | Path, threads: int = 1) -> None:
+        self.path = Path(path)
+        proto, self.metadata = read_model(self.path)
+        self.classes: list[str] = self.metadata["classes"]
+        self.opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+                         default=0)
+        self.session = ort_session(self.path, threads)
+        self.threads = threads
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """Softmax of the logits for float32 N x C x H x W input in [0, 1]."""
+        logits = self.session.run(["logits"], {"input": x})[0].astype(np.float64)
+        logits -= logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    def predict(self, images: Sequence[str | Path], top_k: int = 1) -> list[Prediction]:
+        """The `top_k` classes of each image file (folders are expanded to their images), in
+        order; a file that cannot be read gets its reason instead, and the others go on."""
+        files = [str(f) for f in expand(images)]
+        x, bad = as_input(files, self.metadata["resize"], self.threads, max_bad=len(files))
+        why = dict(bad)
+        probs = iter(self.probabilities(x) if len(x) else [])
+        k = max(1, min(top_k, len(self.classes)))
+        out = []
+        for f in files:
+            if f in why:
+                out.append(Prediction(f, [], [], error=why[f]))
+                continue
+            p = next(probs)
+            top = np.argsort(-p)[:k]
+            out.append(Prediction(f, [self.classes[i] for i in top], [float(p[i]) for i in top]))
+        return out
+
+    def latency_ms(self, runs: int = LATENCY_RUNS) -> float:
+        """Median onnxruntime time of one image (batch 1) on this machine, after a warm-up."""
+        c, h, w = self.metadata["input_shape"]
+        x = np.random.default_rng(0).random((1, c, h, w), dtype=np.float32)
+        self.session.run(["logits"], {"input": x})
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            self.session.run(["logits"], {"input": x})
+            times.append(time.perf_counter() - start)
+        return statistics.median(times) * 1000
+
+    def facts(self) -> dict[str, Any]:
+        """What `autofit inspect` prints: the file, its metadata, and its test accuracy when
+        its run directory's summary.json is beside it."""
+        summary = self.path.parent / "summary.json"
+        test_accuracy = None
+        if summary.is_file():
+            try:
+                test_accuracy = json.loads(summary.read_text()).get("test_accuracy")
+            except ValueError:
+                test_accuracy = None
+        m = self.metadata
+        return {"model": str(self.path), "classes": self.classes,
+                "input_shape": m.get("input_shape"), "resize": m.get("resize"),
+                "params": m.get("params"), "opset": self.opset, "budget": m.get("budget"),
+                "val_accuracy": m.get("val_accuracy"), "test_accuracy": test_accuracy,
+                "latency_ms_batch1": round(self.latency_ms(), 3),
+                "autofit_version": m.get("autofit_version")}
+
+
+def load(path: str | Path, threads: int = 1) -> Model:
+    """An exported autofit model, ready to predict."""
+    return Model(path, threads)
+
+
+def expand(images: Sequence[str | Path]) -> list[Path]:
+    """Image files as given, folders replaced by the image files in them (sorted)."""
+    files: list[Path] = []
+    for item in map(Path, images):
+        if item.is_dir():
+            files += sorted(p for p in item.rglob("*")
+                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise DataError(f"{printable(item)} does not exist")
+    if not files:
+        raise DataError(f"no image files in {', '.join(map(printable, images))}")
+    return files
+

@@ -1,0 +1,30 @@
+"""Atomic writes: a reader, or a resume after a kill or power loss, sees the old file or the
+new one, never a torn one."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write, fsync, rename, fsync the directory: a reader (or a resume after power loss)
+    sees the old file or the new one, never a torn one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write atomically, so a reader never sees half a summary."""
+    write_atomic(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")

@@ -1,0 +1,331 @@
+"""What a run writes, typed: the contract every reader holds to (`autofit report`, `autofit
+runs`, the benchmarks, and the HTTP service, which serves these models as its response bodies).
+
+`summary.json` is a `Summary`, `journal.json` a `JournalState`, `best_so_far.json` a
+`BestSoFarRecord`, a leaderboard row a `TrialRecord`. Each file carries `schema_version`; files
+written before it existed (version 1) still validate: renamed fields keep their old name as an
+alias, new fields have defaults, and unknown keys are ignored. Nothing here imports torch or
+Ray, so reading a run needs neither.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+)
+
+from autofit.budget import Plan
+from autofit.config import RunArgs, TrialConfig
+from autofit.files import write_atomic
+
+SCHEMA_VERSION = 2  # 1: the untyped dicts written before these models (read as they were)
+UNTRAINED = "not trained: search skipped"  # the space's prior when the plan skips the search
+RecordT = TypeVar("RecordT", bound="Record")
+
+
+class Record(BaseModel):
+    """A record on disk: unknown keys are ignored (a newer autofit's files still read) and
+    non-finite floats are written as JSON's NaN/Infinity constants, as Python's json does."""
+
+    model_config = ConfigDict(extra="ignore", ser_json_inf_nan="constants",
+                              populate_by_name=True)
+
+    def write(self, path: Path) -> None:
+        """Atomically: a reader never sees half a record."""
+        write_atomic(path, self.model_dump_json(indent=2) + "\n")
+
+    @classmethod
+    def parse(cls: type[RecordT], raw: bytes | str) -> RecordT:
+        """The record in a JSON document; ValueError (ValidationError is one) when it is not."""
+        return cls.model_validate_json(raw)
+
+    @classmethod
+    def read(cls: type[RecordT], path: Path) -> RecordT | None:
+        """The record at `path`, or None where there is none or it does not validate."""
+        try:
+            return cls.parse(path.read_bytes())
+        except (OSError, ValueError):
+            return None
+
+
+class Versioned(Record):
+    """A record file of its own, stamped with the schema it was written in."""
+
+    schema_version: int = Field(default=SCHEMA_VERSION,
+                                validation_alias=AliasChoices("schema_version", "version"))
+
+    def write(self, path: Path) -> None:
+        """In the current schema, whichever version it was read in."""
+        Record.write(self.model_copy(update={"schema_version": SCHEMA_VERSION}), path)
+
+    @classmethod
+    def parse(cls: type[RecordT], raw: bytes | str) -> RecordT:
+        """As Record.parse; a file with no version was written before the schema existed, and
+        says version 1."""
+        data = json.loads(raw)
+        if isinstance(data, dict) and "schema_version" not in data and "version" not in data:
+            data["schema_version"] = 1
+        return cls.model_validate(data)
+
+
+def ranked(value: float | None, ok: bool) -> float:
+    """A trial's score for ranking: its val accuracy, or -1 (below every real score) when it
+    failed or has none. The leaderboard and the live view rank by this one rule."""
+    if not ok or value is None or not math.isfinite(value):
+        return -1.0
+    return float(value)
+
+
+class Progress(Record):
+    """One trial report: what ASHA ranks on (`val_accuracy` at `train_seconds`) and what the
+    plan needs (throughputs, for sizing the refit and the final evaluation)."""
+
+    val_accuracy: float
+    val_images: int
+    train_seconds: float
+    epoch: float
+    steps: int
+    images_per_s: float
+    eval_images_per_s: float
+    loss: float
+    state: str  # "running", "completed", "deadline" or "diverged"
+    batch_size: int
+    oom_retries: int = 0
+
+
+class TrialRecord(Record):
+    """One trial as the leaderboard shows it; `metrics` is its last report (None: none)."""
+
+    number: int
+    trial_id: str
+    config: TrialConfig
+    metrics: Progress | None = None
+    status: str = "no result"
+    error: str | None = None
+    checkpoint: str | None = None  # the trial's last checkpoint directory
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _no_report(cls, value: Any) -> Any:
+        return None if value == {} else value  # version 1 wrote {} for a trial with no report
+
+    @property
+    def score(self) -> float:
+        value = None if self.metrics is None else self.metrics.val_accuracy
+        return ranked(value, self.error is None and self.status != "diverged")
+
+    @property
+    def trained_s(self) -> float:
+        return 0.0 if self.metrics is None else self.metrics.train_seconds
+
+    @property
+    def epochs(self) -> float:
+        return 0.0 if self.metrics is None else self.metrics.epoch
+
+    @property
+    def images_per_s(self) -> float:
+        return 0.0 if self.metrics is None else self.metrics.images_per_s
+
+
+class SearchOutcome(Record):
+    records: list[TrialRecord]
+    overrun_s: float  # how long after the search deadline Tune handed back (negative: before)
+    prior: TrialRecord | None = None  # with no records: the untrained config the refit trains
+
+    @property
+    def searched(self) -> bool:
+        return self.prior is None
+
+    @property
+    def top(self) -> TrialRecord:
+        """The highest validation accuracy (the leaderboard's first row); the prior when the
+        search was skipped."""
+        if self.prior is not None:
+            return self.prior
+        return max(self.records, key=lambda r: (r.score, r.trained_s))
+
+    @property
+    def best(self) -> TrialRecord:
+        """The winner: of the trials within one standard error of the top validation accuracy
+        (a difference the validation set cannot tell from noise), the one trained the longest:
+        its score is the surest and the refit continues more of its training. A 5-minute CIFAR
+        run had refitted a 0.71-epoch draw over the prior's full trial on 0.4352 against 0.4350
+        (71.9% against the prior's recipe at 78.2%)."""
+        top = self.top
+        images = 0 if top.metrics is None else top.metrics.val_images
+        if top.score < 0 or images <= 0:
+            return top
+        noise = math.sqrt(top.score * (1 - top.score) / images)
+        ties = [r for r in self.records if r.score >= top.score - noise]
+        return max(ties, key=lambda r: (r.trained_s, r.score))
+
+    @property
+    def val_accuracy(self) -> float | None:
+        """The winner's validation accuracy; none when no trial was trained (search skipped)."""
+        return self.best.score if self.searched else None
+
+
+class RefitInfo(Record):
+    seconds_planned: float
+    epochs_planned: float | None
+    epochs: float
+    steps: int
+    seconds: float
+    state: str
+    train_images: int
+    warm_start: str | None = None  # whose weights the refit began from (None: initialised)
+
+
+class ExportInfo(Record):
+    path: str
+    exporter: str
+    opset: int
+    onnx_params: int
+    parity_max_abs_diff: float
+    parity_images: int
+
+
+class TestResult(Record):
+    """The test set through the exported ONNX model in onnxruntime."""
+
+    __test__ = False  # not a pytest class, whatever its name
+
+    accuracy: float
+    images: int
+    confusion: list[list[int]]  # rows: true class, columns: predicted
+    per_class_accuracy: dict[str, float | None]  # None: the class has no test image
+
+
+class BestSoFarRecord(Versioned):
+    """`best_so_far.json`: where `best_so_far.onnx` came from."""
+
+    trial: int
+    val_accuracy: float
+    params: int
+    config: TrialConfig
+    model: str | None = None  # the ONNX file's path, as the summary gives it
+
+
+class Life(Record):
+    """One process lifetime of a run: a resumed run has several."""
+
+    started_at: float  # time.time() when this life's process started
+    spent_before: float  # budget seconds earlier lives had used
+
+
+class WorkerFacts(Record):
+    where: str  # the line the plan shows: local Ray or a cluster, trials at a time, CPUs each
+    packing: dict[str, Any] | None = None  # GPU runs: the memory probe and trials per GPU
+
+
+class FileIssue(Record):
+    file: str
+    reason: str
+
+
+class DataFacts(Record):
+    name: str
+    source: str
+    sizes: dict[str, int]  # images per split: train, val, test
+    resolution: dict[str, Any]  # height, width, channels, how it was chosen
+    skipped: list[FileIssue] = []  # unreadable images left out
+    ignored: list[FileIssue] = []  # files that are not images
+
+
+class DataFingerprint(Record):
+    """What a resumed run checks the data against: a changed dataset is refused."""
+
+    classes: list[str]
+    sizes: dict[str, int]
+    shape: list[int]
+
+
+class BudgetFacts(Record):
+    minutes: float
+    max_params: int
+    search_share: float | None = None
+
+
+class Summary(Versioned):
+    """`summary.json`: a finished run's results, or why a failed one stopped."""
+
+    status: Literal["finished", "failed"]
+    elapsed_s: float  # budget seconds used, every life of a resumed run together
+    phases: dict[str, float] = {}  # budget seconds per phase
+    best_so_far: BestSoFarRecord | None = None
+    # a failed run
+    failed_phase: str | None = None
+    error: str | None = None
+    unreadable: list[FileIssue] = []
+    # a finished run
+    test_accuracy: float | None = None  # the ONNX model's, through onnxruntime
+    val_accuracy: float | None = None  # the winning trial's; None where the search was skipped
+    params: int | None = None
+    onnx_params: int | None = None
+    budget: BudgetFacts | None = None
+    budget_s: float | None = None
+    wall_s: float | None = None  # wall seconds since the first life started
+    resumes: int = 0
+    lives: list[Life] = []
+    plan: Plan | None = None
+    search_overrun_s: float | None = None
+    trials: int | None = None  # None: no search finished
+    trial_status: dict[str, int] = {}  # trials per leaderboard status
+    best_trial: int | None = None  # None: the search was skipped, the prior trained
+    best_config: TrialConfig | None = None
+    best_metrics: Progress | None = None  # the winning trial's last report
+    refit: RefitInfo | None = None
+    export: ExportInfo | None = None
+    test: TestResult | None = None
+    device: str | None = None  # "cpu" or "cuda"
+    data_path: str | None = Field(default=None,  # "dali-gpu", "dali-cpu" or "torch"
+                                  validation_alias=AliasChoices("data_path", "data_pipeline"))
+    precision: str | None = None  # "bf16" or "fp32"
+    threads: int | None = None
+    workers: WorkerFacts | None = None
+    data: DataFacts | None = None
+    classes: list[str] = []
+    input_shape: list[int] = []
+    search_space: str | None = None
+    seed: int | None = None
+    autofit_version: str | None = None
+    versions: dict[str, str] = {}  # python, torch, ray, dali ("not installed" where absent)
+    finished_at: str | None = None
+
+    @field_validator("best_metrics", mode="before")
+    @classmethod
+    def _no_report(cls, value: Any) -> Any:
+        return None if value == {} else value
+
+
+class SearchClock(Record):
+    stop_suggesting_at: float  # time.time() after which no new trial could reach a rung
+
+
+class JournalState(Versioned):
+    """`journal.json`: autofit's record of a run for `--resume`. Rewritten every second while
+    the run lives (`spent`, `phase`, `beat_at`) and once per finished phase."""
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    args: RunArgs
+    status: Literal["running", "tested", "finished"] = "running"  # tested: only the report left
+    spent: dict[str, float] = {}  # budget seconds per phase
+    lives: list[Life] = []
+    phase: str | None = None
+    beat_at: float | None = None  # time.time() of the last heartbeat: older than ALIVE_S, dead
+    data: DataFingerprint | None = None
+    plan: Plan | None = None
+    workers: WorkerFacts | None = None
+    search_clock: SearchClock | None = None
+    search: SearchOutcome | None = None  # the search's result, once it finished
+    refit: RefitInfo | None = None  # the refit's result, once it finished

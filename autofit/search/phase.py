@@ -1,0 +1,119 @@
+"""The run's search phase: plan the budget, then search with Ray Tune or, where the plan says a
+search cannot rank anything in the time there is, train the space's prior alone.
+
+Whether to search is decided before Ray starts (a run that does not search needs no Ray); the
+plan of a search is made once Ray is up, so Ray's start-up is not search time.
+"""
+
+from __future__ import annotations
+
+import time
+
+from autofit import events
+from autofit.budget import Cost, Plan
+from autofit.config import TrialConfig
+from autofit.context import RunContext
+from autofit.data import pipeline
+from autofit.data.dataset import Dataset
+from autofit.records import UNTRAINED, SearchOutcome, TrialRecord, WorkerFacts
+from autofit.search.cluster import ray_session
+from autofit.search.packing import Probe
+from autofit.search.space import SearchSpace
+from autofit.search.tune import BestKeeper, run_search
+from autofit.train import probe
+
+
+def search_phase(ctx: RunContext, dataset: Dataset, space: SearchSpace,
+                 best: BestKeeper) -> tuple[SearchOutcome, Plan]:
+    """The search's records and plan: from the journal when it finished before an
+    interruption. `best` keeps the best finished trial as a model while the search runs."""
+    state, log = ctx.journal.state, ctx.log
+    if state.search is not None:
+        log.info("search: done before the interruption (%d trials)", len(state.search.records))
+        assert state.plan is not None  # written before the search started
+        return state.search, state.plan
+    cost, early = None, state.plan  # an earlier life's plan
+    if early is None and ctx.budget.min_epochs > 0:  # whether to search is decided before
+        cost = probe.cost(dataset.shape, ctx.device, ctx.threads)  # Ray starts
+        early = _new_plan(ctx, dataset, cost, space, prior=space.first is not None)
+    prior = None if early is None or early.searched else \
+        space.first_config(dataset.shape, ctx.budget.max_params, early.cap)
+    if early is not None and prior is not None:  # a prior over the caps: the search runs
+        ctx.journal.set(plan=early)
+        return _prior_only(ctx, prior, early), early
+    gpu_cache = dataset.x_train.nbytes + dataset.x_val.nbytes \
+        if dataset.data_path == pipeline.DALI_GPU else 0
+    packing_probe = Probe(space, dataset.shape, ctx.budget.max_params, data_bytes=gpu_cache,
+                          train_images=len(dataset.y_train), seed=ctx.seed)
+    with ray_session(ctx.args.ray_address, ctx.threads, ctx.device, log,
+                     packing_probe) as workers:
+        ctx.journal.set(workers=WorkerFacts(where=workers.where, packing=workers.packing))
+        plan = _plan(ctx, dataset, cost, space)
+        _say_plan(ctx, plan, workers.where)
+        ctx.start_phase("search")
+        outcome = run_search(dataset, space, ctx.budget.max_params, plan, seed=ctx.seed,
+                             journal=ctx.journal, device=ctx.device, workers=workers,
+                             best=best, log=log)
+    ctx.journal.set(search=outcome)
+    winner, top = outcome.best, outcome.top
+    log.info("search: %d trials (ended %+.1fs from its deadline), best trial %d val_acc %.4f: "
+             "%s", len(outcome.records), outcome.overrun_s, winner.number, winner.score,
+             winner.config.describe())
+    if top is not winner:
+        log.info("search: trial %d's val_acc %.4f is within one standard error of it, and trial "
+                 "%d trained longer (%.1fs against %.1fs): a tie goes to the surer score",
+                 top.number, top.score, winner.number, winner.trained_s, top.trained_s)
+    return outcome, plan
+
+
+def _say_plan(ctx: RunContext, plan: Plan, where: str) -> None:
+    budget = ctx.budget
+    cap = "no compute cap" if plan.max_image_s is None else (
+        f"compute cap {plan.max_image_s * 1e3:.2f} ms per training image "
+        f"({budget.min_epochs:g} refit epochs)")
+    ctx.log.info("plan: search share %.0f%%, %s", 100 * (plan.search_share or 0), plan.split)
+    events.emit(ctx.log, "plan", "plan: setup %.1fs, search %.1fs (trials of %.1fs, ASHA "
+                "milestones %s), refit ~%.1fs, final reserve %.1fs, %s; %s", plan.setup_s,
+                plan.search_s, plan.trial_s, list(plan.milestones), plan.refit_s,
+                plan.final_reserve_s, cap, where, plan=plan.model_dump(), workers=where,
+                summary=f"plan: search {plan.search_s:.0f}s in trials of {plan.trial_s:.1f}s, "
+                        f"refit ~{plan.refit_s:.0f}s · {where}")
+
+
+def _new_plan(ctx: RunContext, dataset: Dataset, cost: Cost | None, space: SearchSpace,
+              prior: bool) -> Plan:
+    return Plan.make(ctx.budget, ctx.clock, len(dataset.y_test),
+                     n_train=len(dataset.y_train) + len(dataset.y_val), cost=cost, prior=prior,
+                     test_passes=space.prior_test_passes)
+
+
+def _plan(ctx: RunContext, dataset: Dataset, cost: Cost | None, space: SearchSpace) -> Plan:
+    """The split decided when the run began. A resumed search gets the search time it had
+    left, cut to its planned share of what is left now (the restart's own set-up is not the
+    refit's loss), and keeps its trial length, milestones and compute cap so ASHA compares
+    like with like. Whether to search was decided before Ray started (`search_phase`), so a
+    plan made here always searches, even if Ray's start-up left too little for a useful rung.
+    """
+    recorded, clock = ctx.journal.state.plan, ctx.clock
+    if recorded is None:
+        plan = _new_plan(ctx, dataset, cost, space, prior=False)
+        ctx.journal.set(plan=plan)
+        return plan
+    share = recorded.search_s / max(recorded.search_s + recorded.refit_s, 1e-9)
+    search_left = min(recorded.search_s - clock.phases().get("search", 0.0),
+                      share * (clock.left() - recorded.final_reserve_s))
+    return recorded.model_copy(update={"search_deadline": time.time() + max(0.0, search_left)})
+
+
+def _prior_only(ctx: RunContext, config: TrialConfig, plan: Plan) -> SearchOutcome:
+    """The outcome of a skipped search: no trials, the space's prior (`config`, fitted to
+    both caps) as the model the refit trains from scratch."""
+    outcome = SearchOutcome(records=[], overrun_s=0.0, prior=TrialRecord(
+        number=0, trial_id="", config=config, status=UNTRAINED))
+    events.emit(ctx.log, "plan", "plan: setup %.1fs, no search (%s), refit ~%.1fs, final "
+                "reserve %.1fs", plan.setup_s, plan.split, plan.refit_s, plan.final_reserve_s,
+                plan=plan.model_dump(), workers=None,
+                summary=f"plan: no search, the prior trains ~{plan.refit_s:.0f}s")
+    ctx.journal.set(search=outcome)
+    ctx.log.info("search: skipped; the refit trains the space's prior %s", config.describe())
+    return outcome

@@ -1,0 +1,186 @@
+"""How a recipe turns gradients into weights: optimizers, SAM, the learning-rate schedules and
+the EMA of the weights. The training loop (autofit/train/loop.py) only calls these.
+
+One `lr` knob for every optimizer: it is the peak learning rate on SGD's scale, and the
+adaptive optimizers (Adam, AdamW, NAdam) run at `ADAPTIVE_LR_FACTOR` times it. The search
+space samples its knobs independently (no knob depends on another), so a per-optimizer range
+would need conditional knobs; a fixed factor keeps every sampled pair (optimizer, lr) in that
+optimizer's usual regime instead: SGD's 0.02-0.4 becomes Adam's 2e-4-4e-3, around the usual
+1e-3. `weight_decay` is on SGD's scale too (an L2 coefficient, 5e-5-1e-3): SGD, SAM, Adam and
+NAdam add it to the gradient (coupled L2, what those optimizers define); AdamW decouples it and
+takes `weight_decay / ADAPTIVE_LR_FACTOR`, so its per-step shrink `lr * wd` equals the one SGD
+applies at the same knobs (and lands in AdamW's usual 5e-3-0.1). `momentum` is SGD's momentum
+and the adaptive optimizers' beta1 (both 0.9 by default). Biases and norm weights never decay.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from autofit.config import Recipe
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "nadam", "sam")
+SCHEDULES = ("onecycle", "cosine")
+ADAPTIVE = frozenset({"adam", "adamw", "nadam"})
+ADAPTIVE_LR_FACTOR = 0.01  # SGD 0.1 <-> Adam 1e-3: the usual defaults of both
+BETA2 = 0.999
+WARMUP = 0.1  # share of the run spent warming the learning rate up, for both schedules
+SAM_RHO = 0.05  # Foret et al.'s radius for CIFAR ResNets; fixed: it applies to one optimizer
+EMA_ETA = 9  # polynomial-decay averaging: the EMA spans about the last 1/(EMA_ETA+1) of steps
+
+
+def peak_lr(recipe: Recipe) -> float:
+    """The learning rate the schedule peaks at, on the recipe's optimizer's own scale."""
+    return recipe.lr * (ADAPTIVE_LR_FACTOR if recipe.optimizer in ADAPTIVE else 1.0)
+
+
+def build(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """The recipe's optimizer over `model` (for `sam`, its SGD-Nesterov base: see `SAM`).
+    Weights of rank 2 and up decay; biases and norm parameters do not."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    wd = recipe.weight_decay / ADAPTIVE_LR_FACTOR if recipe.optimizer == "adamw" \
+        else recipe.weight_decay
+    groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+    lr, betas = peak_lr(recipe), (recipe.momentum, BETA2)
+    if recipe.optimizer in ("sgd", "sam"):
+        return torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=True)
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=lr, betas=betas)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    if recipe.optimizer == "nadam":
+        return torch.optim.NAdam(groups, lr=lr, betas=betas)
+    raise ValueError(f"unknown optimizer {recipe.optimizer!r} (known: {', '.join(OPTIMIZERS)})")
+
+
+def lr_factor(progress: float, schedule: str = "onecycle") -> float:
+    """The share of the peak learning rate at `progress` (0 to 1 of the run): a linear warm-up
+    over `WARMUP`, then annealing to zero at 1, linearly (`onecycle`, the triangular 1cycle
+    autofit always used; momentum is not cycled) or along a half cosine (`cosine`). Progress
+    is the trial's own (steps or seconds, whichever is further), so a run cut short by time
+    still warmed up and annealed over the time it was given."""
+    if progress < WARMUP:
+        return max(progress, 0.0) / WARMUP
+    rest = min((progress - WARMUP) / (1.0 - WARMUP), 1.0)
+    if schedule == "onecycle":
+        return 1.0 - rest
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * rest))
+    raise ValueError(f"unknown schedule {schedule!r} (known: {', '.join(SCHEDULES)})")
+
+
+@contextmanager
+def frozen_norm_stats(model: nn.Module) -> Iterator[None]:
+    """BatchNorm running statistics stay as they are inside (momentum 0, batch counters put
+    back): SAM's second pass runs at perturbed weights, whose activation statistics must not
+    leak into them."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             and m.momentum is not None]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+             for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, counter) in zip(norms, saved, strict=True):
+            m.momentum = momentum
+            if counter is not None:
+                m.num_batches_tracked.copy_(counter)
+
+
+class SAM:
+    """Sharpness-Aware Minimization (Foret et al. 2021) around a base optimizer: with the
+    first pass's gradients in `.grad`, move the weights up the gradient to radius `rho`,
+    compute the gradients there (a second forward and backward pass), come back, and let the
+    base optimizer step with those. Not a torch Optimizer: the base one is what checkpoints
+    keep (its momentum buffers), and the perturbation never outlives a step."""
+
+    def __init__(self, base: torch.optim.Optimizer, model: nn.Module,
+                 rho: float = SAM_RHO) -> None:
+        self.base, self.model, self.rho = base, model, rho
+
+    def step(self, second_pass: Callable[[], Tensor]) -> None:
+        """`second_pass` recomputes the loss and its gradients (it calls backward). The
+        weights are restored even when it fails (out of memory: the loop retries smaller)."""
+        params = [p for group in self.base.param_groups for p in group["params"]
+                  if p.grad is not None]
+        if not params:
+            return
+        grads = [p.grad for p in params]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        scale = self.rho / (norm + 1e-12)
+        saved = [p.detach().clone() for p in params]
+        try:
+            with torch.no_grad():
+                for p, g in zip(params, grads, strict=True):
+                    p.add_(g * scale)
+            self.base.zero_grad(set_to_none=True)
+            with frozen_norm_stats(self.model):
+                second_pass()
+        finally:
+            with torch.no_grad():
+                for p, s in zip(params, saved, strict=True):
+                    p.copy_(s)
+        self.base.step()
+
+
+def ema_decay(steps: int) -> float:
+    """Decay after `steps` optimizer steps: polynomial-decay averaging (Shamir and Zhang
+    2013), 1 - (eta+1)/(steps+eta), which averages over about the last tenth of the steps so
+    far. Tied to steps taken, not planned: a time-bounded trial does not know its step count in
+    advance, and a fixed decay would span a whole 200-step trial yet a sliver of a long
+    refit. Step 1 copies the weights, so the EMA has no start-up bias."""
+    return max(0.0, 1.0 - (EMA_ETA + 1) / (max(steps, 1) + EMA_ETA))
+
+
+class EMA:
+    """An exponential moving average of a model's weights, updated after each step.
+
+    Float buffers (BatchNorm running statistics) are averaged with the same decay as the
+    weights, so the statistics match the averaged weights' horizon (as torch's AveragedModel
+    with use_buffers and timm's ModelEmaV2 do); integer buffers (batch counters) are copied.
+    `state` is a state_dict of the model, what checkpoints save and exports load."""
+
+    def __init__(self, model: nn.Module, state: dict[str, Tensor] | None = None) -> None:
+        live = model.state_dict()
+        if state is None:
+            self.state = {k: v.detach().clone() for k, v in live.items()}
+        else:
+            if set(state) != set(live):
+                raise ValueError("EMA state does not match the model's state_dict keys")
+            self.state = {k: state[k].to(live[k].device).clone(
+                memory_format=torch.preserve_format) for k in live}
+        floats = [k for k, v in live.items() if v.is_floating_point()]
+        self._ema = [self.state[k] for k in floats]
+        self._live = [live[k] for k in floats]  # views of the model's own tensors
+        self._copied = [(self.state[k], v) for k, v in live.items() if not v.is_floating_point()]
+
+    @torch.no_grad()
+    def update(self, steps: int) -> None:
+        """Fold in the model's current weights, `steps` being the steps taken so far."""
+        weight = 1.0 - ema_decay(steps)
+        if self._ema:
+            torch._foreach_lerp_(self._ema, self._live, weight)
+        for mine, theirs in self._copied:
+            mine.copy_(theirs)
+
+    @contextmanager
+    def applied(self, model: nn.Module) -> Iterator[None]:
+        """`model` holds the averaged weights inside, its own ones again after."""
+        own = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.state)
+        try:
+            yield
+        finally:
+            model.load_state_dict(own)

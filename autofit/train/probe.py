@@ -1,0 +1,119 @@
+"""How fast this machine trains: the price of a training image in seconds, per forward
+multiply-accumulate and per activation value, from two short real training runs.
+
+The plan turns it into the search's split and compute cap (budget.Plan): a model whose refit
+could not see `min_epochs` epochs in the time the refit gets is not worth a trial. One MAC
+rate alone mis-timed models by up to 4x on a CPU (narrow deep nets are bound by memory
+traffic, wide shallow ones by arithmetic); two reference models with different ratios of
+arithmetic to activations, trained on random pixels in turns (about a second each) on the
+device and threads the trials will use, price both and timed a dozen models of every family at
+0.76-1.67x their measured cost on this 2-core CPU (bench/results/cost_model.json).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from autofit import models
+from autofit.budget import Cost
+from autofit.models import DataShape
+from autofit.train import precision
+
+REFERENCES = (("resnet", {"depth": 8, "width": 8}),  # narrow: activations dominate
+              ("fastnet", {"width": 32, "depth": 2}))  # wide, shallow: arithmetic dominates
+BATCH = 128  # the middle of the batch sizes the spaces draw
+PROBE_S = 1.0  # per model, split over ROUNDS
+# A one-second timing once read the wide reference at 1.13 ms per image where every other run
+# that day read 0.56: the machine stalled for part of it, and the compute cap halved the
+# 10-minute width. Timing the models in turn, a few times, and keeping each one's fastest
+# round leaves out a stall that short.
+ROUNDS = 3
+
+
+def _stepper(family: str, arch: dict[str, int], shape: DataShape,
+             device: str) -> Callable[[], None]:
+    """One SGD step of the model on random pixels (no data loading) at the precision
+    training runs at on `device` (autofit/train/precision.py), already taken once: the first
+    step pays for allocations and kernel choice."""
+    net = models.build_for(family, arch, shape).to(device, memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    x = torch.rand(BATCH, shape.channels, shape.height, shape.width, device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, shape.num_classes, (BATCH,), device=device)
+    loss_fn = nn.CrossEntropyLoss()
+    bf16 = precision.choose(device).bf16
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with precision.autocast(device, bf16):
+            loss = loss_fn(net(x), y)
+        loss.backward()
+        opt.step()
+
+    step()
+    return step
+
+
+def _timed(step: Callable[[], None], seconds: float, device: str) -> float:
+    """Seconds per image over at least `seconds` and two batches of steps."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    images, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or images < 2 * BATCH:
+        step()
+        images += BATCH
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / images
+
+
+def seconds_per_image(nets: Sequence[tuple[str, dict[str, int]]], shape: DataShape,
+                      device: str, seconds: float = PROBE_S,
+                      rounds: int = ROUNDS) -> list[float]:
+    """Measured training seconds per image of each (family, arch): the models take turns,
+    `rounds` times, for `seconds` each in all, and each keeps its fastest round."""
+    steps = [_stepper(family, arch, shape, device) for family, arch in nets]
+    best = [math.inf] * len(steps)
+    for _ in range(rounds):
+        for i, step in enumerate(steps):
+            best[i] = min(best[i], _timed(step, seconds / rounds, device))
+    return best
+
+
+def cost(shape: DataShape, device: str, threads: int) -> Cost:
+    """Seconds per training image as s_per_mac * MACs + s_per_act * activations, solved from
+    the two references' measured times (each price kept non-negative)."""
+    torch.set_num_threads(threads)
+    work = np.array([models.count_work(f, a, shape) for f, a in REFERENCES], dtype=float)
+    times = np.array(seconds_per_image(REFERENCES, shape, device))
+    try:
+        prices = np.linalg.solve(work, times)
+    except np.linalg.LinAlgError:
+        prices = np.array([-1.0, -1.0])
+    if (prices <= 0).any():
+        prices = one_price(work, times)
+    return Cost(s_per_mac=float(prices[0]), s_per_act=float(prices[1]),
+                reference_s=float(times[-1]))
+
+
+def one_price(work: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Where the two references make one price negative, a single price, per MAC or per
+    activation, whichever times both references closer (least squares, then the worse of
+    the two ratios). Noise can do it; so does bf16 on a CPU, where MACs got so cheap that the
+    narrow reference took as long as the wide one (0.39 against 0.40 ms per image) with a
+    tenth of its MACs and half its activations: priced by MACs alone, the narrow nets came
+    out 10x too cheap, by activations alone within 0.6-1.5x (models of every family)."""
+    best, best_error = np.zeros(2), np.inf
+    for column in range(2):
+        counts = work[:, column]
+        price = float(times @ counts / (counts @ counts))
+        error = float(np.max(np.abs(np.log(price * counts / times))))
+        if price > 0 and error < best_error:
+            best, best_error = np.eye(2)[column] * price, error
+    return best
