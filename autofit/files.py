@@ -3,10 +3,8 @@ new one, never a torn one."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -25,6 +23,3 @@ def write_atomic(path: Path, text: str) -> None:
         os.close(fd)
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write atomically, so a reader never sees half a summary."""
-    write_atomic(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")

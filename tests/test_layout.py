@@ -73,3 +73,15 @@ def test_reading_a_runs_records_imports_neither_torch_nor_ray():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=True)
     assert proc.stdout.strip() == "[]"
+
+
+def test_the_wheel_lists_every_subpackage():
+    """pyproject.toml names the packages the wheel carries: a subpackage left out would be
+    missing from a wheel install, while an editable install still finds it."""
+    import tomllib
+
+    listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())
+                 ["tool"]["setuptools"]["packages"])
+    found = {".".join(("autofit", *p.parent.relative_to(PACKAGE).parts)).rstrip(".")
+             for p in PACKAGE.rglob("__init__.py")}
+    assert found <= listed, found - listed

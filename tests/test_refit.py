@@ -81,8 +81,8 @@ def test_refit_with_ema_returns_the_averaged_weights(digits, tmp_path):
     config = CONFIG.model_copy(update={"params": _params(), "recipe": CONFIG.recipe.model_copy(
         update={"ema": True, "optimizer": "sam", "schedule": "cosine", "tta": True})})
     checkpoint = tmp_path / "refit.pt"
-    record = TrialRecord(number=1, trial_id="t1", config=config)  # sized by time: 3 s, saved
-    # every second
+    record = TrialRecord(number=1, trial_id="t1", config=config)  # sized by time: 3 s,
+    # saved every second
     model, info = refit(digits, record, stop_at=time.time() + 3.0, device="cpu", threads=2,
                         seed=0, log=logging.getLogger("test"), checkpoint=checkpoint)
     assert info.steps > 1 and model.tta and not model.training
@@ -123,7 +123,8 @@ def test_refit_starts_from_the_winners_weights(digits, tmp_path, caplog):
     assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
 
     gone = TrialRecord(number=1, trial_id="t1", config=config,
-                       metrics=progress(images_per_s=300.0, epoch=0.0), checkpoint=str(tmp_path / "gone"))
+                       metrics=progress(images_per_s=300.0, epoch=0.0),
+                       checkpoint=str(tmp_path / "gone"))
     with caplog.at_level(logging.WARNING, logger="test"):
         model, info = refit(digits, gone, stop_at=time.time() - 1, device="cpu", threads=2,
                             seed=0, log=logging.getLogger("test"),

@@ -6,7 +6,6 @@ a prediction decodes and resizes exactly as the run that trained it did (`autofi
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from autofit.data.discover import IMAGE_SUFFIXES
 from autofit.data.inputs import as_input, read_model
 from autofit.deliver.export import ort_session
 from autofit.errors import DataError
+from autofit.records import Summary
 
 LATENCY_RUNS = 50
 
@@ -94,13 +94,8 @@ class Model:
     def facts(self) -> dict[str, Any]:
         """What `autofit inspect` prints: the file, its metadata, and its test accuracy when
         its run directory's summary.json is beside it."""
-        summary = self.path.parent / "summary.json"
-        test_accuracy = None
-        if summary.is_file():
-            try:
-                test_accuracy = json.loads(summary.read_text()).get("test_accuracy")
-            except ValueError:
-                test_accuracy = None
+        summary = Summary.read(self.path.parent / "summary.json")
+        test_accuracy = None if summary is None else summary.test_accuracy
         m = self.metadata
         return {"model": str(self.path), "classes": self.classes,
                 "input_shape": m.get("input_shape"), "resize": m.get("resize"),
