@@ -21,13 +21,13 @@ if TYPE_CHECKING:
     from autofit.search.tpe import TpeSampler
 
 METRIC = "val_accuracy"
+FAILURES_BEFORE_GIVING_UP = 3  # failed trials, with none succeeding, that end the search
 
 
 class _Clocked(Record):
-    """The one part of the journal the searcher reads (in Tune's driver loop, every trial)."""
+    """The one part of the journal the searcher reads: the search clock a resume moves."""
 
     search_clock: SearchClock
-FAILURES_BEFORE_GIVING_UP = 3  # failed trials, with none succeeding, that end the search
 
 
 class SpaceSearcher(Searcher):
@@ -54,8 +54,7 @@ class SpaceSearcher(Searcher):
             self.tpe = TpeSampler(space, shape, max_params, seed, cap)
 
     def _stop_at(self) -> float:
-        return _Clocked.parse(self.journal.read_bytes()).search_clock \
-            .stop_suggesting_at
+        return _Clocked.parse(self.journal.read_bytes()).search_clock.stop_suggesting_at
 
     def set_search_properties(self, metric, mode, config, **spec):  # type: ignore[no-untyped-def]
         return True
