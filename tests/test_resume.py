@@ -189,10 +189,11 @@ def test_ctrl_c_twice_exits_at_once(flat_folder: Path, tmp_path: Path):
 
 @pytest.mark.parametrize("args,needle", [
     (["--minutes", "2"], "--resume continues a run with its own options; drop --minutes"),
-    ([], "no journal.json there; not an autofit run directory"),
+    ([], "--resume {run}: no journal.json there; not an autofit run directory"),
 ])
 def test_resume_refuses_what_it_cannot_continue(tmp_path: Path, args, needle):
     proc = subprocess.run([sys.executable, "-m", "autofit", "run", "--resume", str(tmp_path),
                            *args], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"autofit: error: {needle}"], proc.stderr
+    expected = f"autofit: error: {needle.format(run=tmp_path)}"
+    assert proc.stderr.strip().splitlines() == [expected], proc.stderr
