@@ -13,14 +13,14 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AliasChoices,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
-    field_validator,
 )
 
 from autofit.budget import Plan
@@ -102,21 +102,20 @@ class Progress(Record):
     oom_retries: int = 0
 
 
+# A trial's last report, or None where it made none (version 1 wrote {} for that).
+Report = Annotated[Progress | None, BeforeValidator(lambda value: None if value == {} else value)]
+
+
 class TrialRecord(Record):
     """One trial as the leaderboard shows it; `metrics` is its last report (None: none)."""
 
     number: int
     trial_id: str
     config: TrialConfig
-    metrics: Progress | None = None
+    metrics: Report = None
     status: str = "no result"
     error: str | None = None
     checkpoint: str | None = None  # the trial's last checkpoint directory
-
-    @field_validator("metrics", mode="before")
-    @classmethod
-    def _no_report(cls, value: Any) -> Any:
-        return None if value == {} else value  # version 1 wrote {} for a trial with no report
 
     @property
     def score(self) -> float:
@@ -282,7 +281,7 @@ class Summary(Versioned):
     trial_status: dict[str, int] = {}  # trials per leaderboard status
     best_trial: int | None = None  # None: the search was skipped, the prior trained
     best_config: TrialConfig | None = None
-    best_metrics: Progress | None = None  # the winning trial's last report
+    best_metrics: Report = None  # the winning trial's last report
     refit: RefitInfo | None = None
     export: ExportInfo | None = None
     test: TestResult | None = None
@@ -300,11 +299,6 @@ class Summary(Versioned):
     autofit_version: str | None = None
     versions: dict[str, str] = {}  # python, torch, ray, dali ("not installed" where absent)
     finished_at: str | None = None
-
-    @field_validator("best_metrics", mode="before")
-    @classmethod
-    def _no_report(cls, value: Any) -> Any:
-        return None if value == {} else value
 
 
 class SearchClock(Record):

@@ -7,6 +7,7 @@ import importlib
 import os
 import platform
 import time
+from collections import Counter
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,6 @@ def finished(ctx: RunContext, dataset: Dataset, space_source: str) -> Summary:
     if outcome is None or plan is None or refit is None or export is None or test is None:
         raise ValueError("a run is summarised once it was scored")
     best, budget = outcome.best, ctx.budget
-    statuses: dict[str, int] = {}
-    for record in outcome.records:
-        statuses[record.status] = statuses.get(record.status, 0) + 1
     return Summary(
         status="finished", **times(ctx.clock, ctx.journal),
         test_accuracy=test.accuracy, val_accuracy=outcome.val_accuracy,
@@ -40,7 +38,8 @@ def finished(ctx: RunContext, dataset: Dataset, space_source: str) -> Summary:
                            search_share=budget.search_share),
         budget_s=budget.seconds, resumes=len(ctx.journal.state.lives) - 1,
         lives=ctx.journal.state.lives, plan=plan, search_overrun_s=outcome.overrun_s,
-        trials=len(outcome.records), trial_status=statuses,
+        trials=len(outcome.records),
+        trial_status=dict(Counter(record.status for record in outcome.records)),
         best_trial=best.number if outcome.searched else None, best_config=best.config,
         best_metrics=best.metrics, best_so_far=best_so_far.read(ctx.run_dir), refit=refit,
         export=export, test=test, device=ctx.device, workers=ctx.journal.state.workers,
