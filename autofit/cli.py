@@ -93,7 +93,8 @@ def run_command(
         typer.echo("autofit: interrupted", err=True)
         raise typer.Exit(130) from None
     s = result.summary
-    val = "no search" if result.val_accuracy is None else f"val {result.val_accuracy:.4f}"
+    val = f"val {result.val_accuracy:.4f}" if result.val_accuracy is not None else \
+        "no trial reached a rung" if s.trials else "no search"
     typer.echo(f"test accuracy {result.test_accuracy:.4f} (ONNX, onnxruntime) | {val} | "
                f"{result.params:,} params | {s.trials or 0} trials | "
                f"{s.elapsed_s:.1f}s of {s.budget_s or 0:.0f}s")

@@ -5,7 +5,11 @@ The variable lists faults as `KIND@WHERE`, comma-separated, e.g. `raise@1,nan@2,
 `raise`, `nan`, `oom` (at the trial's first batch size only), `oom-always` and `kill` (SIGKILL
 of the worker) hit the training forward pass of trial number WHERE (`*`: every trial);
 `enospc@export` makes the final ONNX export fail as a full disk would; `kill@report` SIGKILLs
-the run itself as its report phase begins. The faults are real events inside real runs (a
+the run itself as its report phase begins. At Ray Tune's checkpoint boundaries (driver side,
+autofit/search/tune.py) `kill@saved:T:K` SIGKILLs the run once trial T's K-th checkpoint of
+this life is on disk but not yet recorded, `kill@rotated:T:K` once Tune has recorded it and
+deleted the one before, before its experiment state names it, and `kill@ended:T` as trial T
+ends, before the state records it as finished. The faults are real events inside real runs (a
 raised error, NaN logits, torch's OOM error, a killed process), injected from outside the
 code under test through a forward hook.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+from fnmatch import fnmatchcase
 
 import torch
 from torch import nn
@@ -26,11 +31,14 @@ KILL_AFTER_STEPS = 1
 
 
 def planned(where: str | int) -> list[str]:
-    """The fault kinds `AUTOFIT_FAULTS` asks for at `where` (a trial number or `export`)."""
+    """The fault kinds `AUTOFIT_FAULTS` asks for at `where` (a trial number, `export`, or a
+    checkpoint boundary such as `rotated:2:3`, whose parts may be `*`: `rotated:*:3` is the
+    first trial of a life to record its third checkpoint)."""
     kinds = []
     for item in filter(None, (part.strip() for part in os.environ.get(ENV, "").split(","))):
         kind, _, place = item.partition("@")
-        if place == str(where) or (place == "*" and isinstance(where, int)):
+        if place == str(where) or (place == "*" and isinstance(where, int)) or (
+                ":" in place and fnmatchcase(str(where), place)):
             kinds.append(kind)
     return kinds
 

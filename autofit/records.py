@@ -29,6 +29,7 @@ from autofit.files import write_atomic
 
 SCHEMA_VERSION = 2  # 1: the untyped dicts written before these models (read as they were)
 UNTRAINED = "not trained: search skipped"  # the space's prior when the plan skips the search
+NO_CONTENDER = "not trained: no trial reached its first rung"  # ... or no trial could win
 RecordT = TypeVar("RecordT", bound="Record")
 
 
@@ -138,33 +139,43 @@ class TrialRecord(Record):
 class SearchOutcome(Record):
     records: list[TrialRecord]
     overrun_s: float  # how long after the search deadline Tune handed back (negative: before)
-    prior: TrialRecord | None = None  # with no records: the untrained config the refit trains
+    prior: TrialRecord | None = None  # the untrained config the refit trains: no search, or
+    # no trial that trained enough to win
+    min_trained_s: float = 0.0  # a trial wins only with this much training: the first rung
 
     @property
     def searched(self) -> bool:
         return self.prior is None
 
     @property
+    def contenders(self) -> list[TrialRecord]:
+        """The trials that may win: scored, and trained at least to the first rung. A trial a
+        resume restarted at its deadline scores a model that trained 0 s (chance, 0.11 on
+        CIFAR-10) and had won over the trials that were lost to the kill."""
+        return [r for r in self.records if r.score >= 0 and r.trained_s > 0
+                and r.trained_s >= self.min_trained_s]
+
+    @property
     def top(self) -> TrialRecord:
-        """The highest validation accuracy (the leaderboard's first row); the prior when the
-        search was skipped."""
+        """The highest validation accuracy among the contenders (every trial when none is);
+        the prior when there is one."""
         if self.prior is not None:
             return self.prior
-        return max(self.records, key=lambda r: (r.score, r.trained_s))
+        return max(self.contenders or self.records, key=lambda r: (r.score, r.trained_s))
 
     @property
     def best(self) -> TrialRecord:
-        """The winner: of the trials within one standard error of the top validation accuracy
-        (a difference the validation set cannot tell from noise), the one trained the longest:
-        its score is the surest and the refit continues more of its training. A 5-minute CIFAR
-        run had refitted a 0.71-epoch draw over the prior's full trial on 0.4352 against 0.4350
-        (71.9% against the prior's recipe at 78.2%)."""
+        """The winner: of the contenders within one standard error of the top validation
+        accuracy (a difference the validation set cannot tell from noise), the one trained the
+        longest: its score is the surest and the refit continues more of its training. A
+        5-minute CIFAR run had refitted a 0.71-epoch draw over the prior's full trial on 0.4352
+        against 0.4350 (71.9% against the prior's recipe at 78.2%)."""
         top = self.top
         images = 0 if top.metrics is None else top.metrics.val_images
-        if top.score < 0 or images <= 0:
+        if top.score < 0 or images <= 0 or top not in self.contenders:
             return top
         noise = math.sqrt(top.score * (1 - top.score) / images)
-        ties = [r for r in self.records if r.score >= top.score - noise]
+        ties = [r for r in self.contenders if r.score >= top.score - noise]
         return max(ties, key=lambda r: (r.trained_s, r.score))
 
     @property

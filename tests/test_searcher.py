@@ -165,3 +165,25 @@ def test_a_tie_on_validation_noise_goes_to_the_trial_trained_longest():
     assert few.best.number == 1  # 50 images: 0.04 is well inside the noise (0.07)
     failed = TrialRecord(number=4, trial_id="t4", config=config, status="error", error="boom")
     assert SearchOutcome(records=[failed, draw], overrun_s=0.0).best is draw
+
+
+def test_a_trial_short_of_its_first_rung_is_never_the_winner():
+    """The resume of issue 23: trial 2, restarted at its deadline, scored a model trained 0 s
+    (0.1094, chance) and won because trial 1 had been lost; the refit warm-started from it."""
+    config = SearchSpace.load(preset("search_spaces", "default")).first_config(
+        DataShape(channels=3, height=32, width=32, num_classes=10), 2_000_000, None)
+
+    def record(number: int, acc: float, seconds: float) -> TrialRecord:
+        return TrialRecord(number=number, trial_id=f"t{number}", config=config,
+                           status="stopped at search deadline",
+                           metrics=progress(val_accuracy=acc, train_seconds=seconds))
+
+    lost = TrialRecord(number=1, trial_id="t1", config=config, status="error", error="gone")
+    untrained = record(2, 0.1094, 0.0)
+    alone = SearchOutcome(records=[lost, untrained], overrun_s=0.0, min_trained_s=2.0)
+    assert alone.contenders == []
+    short, rung = record(3, 0.60, 1.9), record(4, 0.45, 2.0)
+    outcome = SearchOutcome(records=[untrained, short, rung], overrun_s=0.0, min_trained_s=2.0)
+    assert outcome.contenders == [rung] and outcome.top is rung and outcome.best is rung
+    legacy = SearchOutcome(records=[untrained, short], overrun_s=0.0)  # no first rung recorded
+    assert legacy.best is short  # still, a trial that trained nothing never wins

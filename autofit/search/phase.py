@@ -15,7 +15,8 @@ from autofit.config import TrialConfig
 from autofit.context import RunContext
 from autofit.data import pipeline
 from autofit.data.dataset import Dataset
-from autofit.records import UNTRAINED, SearchOutcome, TrialRecord, WorkerFacts
+from autofit.errors import AutofitError
+from autofit.records import NO_CONTENDER, UNTRAINED, SearchOutcome, TrialRecord, WorkerFacts
 from autofit.search.cluster import ray_session
 from autofit.search.packing import Probe
 from autofit.search.space import SearchSpace
@@ -54,6 +55,20 @@ def search_phase(ctx: RunContext, dataset: Dataset, space: SearchSpace,
         outcome = run_search(dataset, space, ctx.budget.max_params, plan, seed=ctx.seed,
                              journal=ctx.journal, device=ctx.device, workers=workers,
                              best=best, log=log)
+    if not outcome.contenders:
+        config = space.first_config(dataset.shape, ctx.budget.max_params, plan.cap) or (
+            outcome.top.config if outcome.records else None)  # no prior: the best-scored one
+        if config is None:
+            raise AutofitError("the search ran no trial before its deadline and the space has "
+                               "no first: prior to train instead; give a larger budget")
+        outcome = outcome.model_copy(update={"prior": TrialRecord(
+            number=0, trial_id="", config=config, status=NO_CONTENDER)})
+        log.warning("search: %s trained to its first rung (%.1fs), so none is a winner or a "
+                    "warm start; the refit trains %s from scratch",
+                    "no trial" if outcome.records else "no trial ran, none", outcome.min_trained_s,
+                    config.describe())
+        ctx.journal.set(search=outcome)
+        return outcome, plan
     ctx.journal.set(search=outcome)
     winner, top = outcome.best, outcome.top
     log.info("search: %d trials (ended %+.1fs from its deadline), best trial %d val_acc %.4f: "

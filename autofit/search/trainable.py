@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,9 @@ class TrialData:
     device: str
     seed: int
     data_path: str
+    # trial number -> the newest complete state found on disk at a resume (None: none left);
+    # it overrides Tune's own pointer (autofit/search/checkpoints.py)
+    resume_from: dict[int, str | None] = field(default_factory=dict)
 
 
 def parse_config(config: dict[str, Any]) -> tuple[int, TrialConfig]:
@@ -65,7 +68,10 @@ def trainable(config: dict[str, Any], data: TrialData) -> None:
     torch.set_num_threads(data.threads)
     number, trial = parse_config(config)
     resume = None
-    if (checkpoint := tune.get_checkpoint()) is not None:
+    if number in data.resume_from:
+        where = data.resume_from[number]
+        resume = None if where is None else load_checkpoint(where, data.device)
+    elif (checkpoint := tune.get_checkpoint()) is not None:
         with checkpoint.as_directory() as directory:
             resume = load_checkpoint(directory, data.device)
     offset = resume["counters"]["steps"] if resume else 0  # a resumed trial sees new batches
