@@ -109,7 +109,7 @@ def main() -> None:
     moments = sorted(rng.uniform(0.15, 0.9) * budget_s for _ in range(args.kills))
 
     started = time.time()
-    kills, started_trials, finished = [], set(), {}
+    kills, started_trials, finished, ended = [], set(), {}, None
     for moment in moments:
         fault = None
         if args.at == "boundaries":
@@ -118,7 +118,8 @@ def main() -> None:
         while proc.poll() is None and (fault or spent(run_dir) < moment):
             time.sleep(0.05)
         if proc.poll() is not None and proc.returncode != -signal.SIGKILL:
-            break  # the run finished (or failed) before this kill came
+            ended = proc  # the run finished (or failed) before this kill came
+            break
         os.killpg(proc.pid, signal.SIGKILL)  # the fault killed autofit; Ray's processes too
         proc.wait()
         log = (run_dir / "run.log").read_text()
@@ -130,7 +131,11 @@ def main() -> None:
         print(f"killed at {kills[-1]['at_budget_s']}s of budget ({kills[-1]['phase']}, "
               f"{kills[-1]['fault']})", flush=True)
         command = [sys.executable, "-m", "autofit", "run", "--resume", str(run_dir)]
-    proc = subprocess.run(command, capture_output=True, text=True)
+    if ended is None:
+        proc = subprocess.run(command, capture_output=True, text=True)
+        returncode, error = proc.returncode, proc.stderr
+    else:
+        returncode, error = ended.returncode, ended.stderr.read().decode() if ended.stderr else ""
     wall = time.time() - started
 
     log = (run_dir / "run.log").read_text()
@@ -149,8 +154,8 @@ def main() -> None:
         "benchmark": "faults", "at": args.at, "budget_s": budget_s,
         "max_params": args.max_params, "data": args.data or "embedded digits",
         "seed": args.seed, "kills": kills, "resume_said": resumes,
-        "runs_completed": int(proc.returncode == 0 and finished_run),
-        "exit_code": proc.returncode, "error": proc.stderr.strip()[-500:] or None,
+        "runs_completed": int(returncode == 0 and finished_run),
+        "exit_code": returncode, "error": error.strip()[-500:] or None,
         "trials_started_before_kills": len(started_trials),
         "trials_finished_before_kills": len(finished), "trials_final": len(rows),
         "trials_lost": len(lost), "lost": lost, "finished_trials_changed": len(changed),
