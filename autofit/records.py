@@ -193,6 +193,8 @@ class RefitInfo(Record):
     state: str
     train_images: int
     warm_start: str | None = None  # whose weights the refit began from (None: initialised)
+    exports: int = 0  # best_so_far.onnx exports from the refit's weights, in its last life
+    exports_s: float = 0.0  # their cost: export, verification and scoring
 
 
 class ExportInfo(Record):
@@ -216,13 +218,20 @@ class TestResult(Record):
 
 
 class BestSoFarRecord(Versioned):
-    """`best_so_far.json`: where `best_so_far.onnx` came from."""
+    """`best_so_far.json`: where `best_so_far.onnx` came from: a finished trial, scored on the
+    validation images it never trained on, or the refit part-way, scored on images it trains
+    on (train+val: no validation, and the record says so)."""
 
-    trial: int
-    val_accuracy: float
+    trial: int  # the trial; for the refit, the winner it retrains (0: the space's prior)
+    val_accuracy: float | None = None  # a trial's; None for the refit
     params: int
     config: TrialConfig
     model: str | None = None  # the ONNX file's path, as the summary gives it
+    source: Literal["trial", "refit"] = "trial"
+    epoch: float | None = None  # the refit's, when it was exported
+    train_seconds: float | None = None  # the refit's, in this run's lives
+    accuracy: float | None = None  # the refit's, on `accuracy_on`
+    accuracy_on: str | None = None
 
 
 class Life(Record):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from autofit.data.sources import NAMED
 from autofit.deliver import best as best_so_far
 from autofit.deliver.evaluate import score_onnx, test_pass_speed
 from autofit.deliver.export import export_onnx, model_metadata
+from autofit.deliver.refit_exports import RefitExports
 from autofit.environment import scoped_environment
 from autofit.errors import AutofitError, Interrupted, SearchFailed, UsageError
 from autofit.journal import Journal, prepare_run_dir
@@ -150,7 +152,7 @@ def _run(ctx: RunContext) -> RunResult:
     write_leaderboard(ctx.run_dir / LEADERBOARD, ctx.outcome.records)
 
     ctx.start_phase("refit")
-    model = _refit(ctx, dataset)
+    model = _refit(ctx, dataset, keeper)
 
     ctx.start_phase("export")
     model_path = ctx.run_dir / MODEL
@@ -228,9 +230,9 @@ def _setup(ctx: RunContext, space: SearchSpace) -> Dataset:
     return dataset
 
 
-def _refit(ctx: RunContext, dataset: Dataset) -> Classifier:
-    """The winner trained on train+val until the final reserve; a refit that finished before
-    an interruption is read back instead."""
+def _refit(ctx: RunContext, dataset: Dataset, keeper: best_so_far.BestSoFar) -> Classifier:
+    """The winner trained on train+val until the final reserve, exporting best_so_far.onnx as
+    it goes; a refit that finished before an interruption is read back instead."""
     assert ctx.outcome is not None and ctx.plan is not None  # the search phase came first
     best, weights = ctx.outcome.best, ctx.run_dir / WEIGHTS
     if ctx.journal.state.refit is not None and weights.is_file():
@@ -243,10 +245,16 @@ def _refit(ctx: RunContext, dataset: Dataset) -> Classifier:
     reserve = final_reserve(len(dataset.y_test), speed)
     ctx.log.info("refit: %.1fs kept for export, the test pass (%.0f images/s) and the report",
                  reserve, speed)
-    checkpoint = ctx.run_dir / REFIT_STATE
-    model, ctx.refit = refit(dataset, best, stop_at=ctx.clock.deadline - reserve,
-                             device=ctx.device, threads=ctx.threads, seed=ctx.seed,
-                             log=ctx.log, checkpoint=checkpoint)
+    checkpoint, stop_at = ctx.run_dir / REFIT_STATE, ctx.clock.deadline - reserve
+    exports = RefitExports.make(keeper, best.config, best.number, dataset.x_val, dataset.y_val,
+                                len(dataset.classes), refit_s=max(stop_at - time.time(), 0.0),
+                                budget_s=ctx.budget.seconds, log=ctx.log)
+    model, ctx.refit = refit(dataset, best, stop_at=stop_at, device=ctx.device,
+                             threads=ctx.threads, seed=ctx.seed, log=ctx.log,
+                             checkpoint=checkpoint, on_epoch=exports,
+                             exports_s=exports.allowance_s)
+    ctx.refit = ctx.refit.model_copy(update={"exports": exports.count,
+                                             "exports_s": round(exports.spent_s, 3)})
     save_weights(model, weights)
     ctx.journal.set(refit=ctx.refit)
     checkpoint.unlink(missing_ok=True)

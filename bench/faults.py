@@ -10,6 +10,10 @@ boundaries, drawn at random: a trial's K-th checkpoint written but not yet recor
 (`saved:*:K`), recorded with the previous one deleted but not yet in the experiment state
 (`rotated:*:K`), or a trial's end before the state records it (`ended:*`); a life whose fault
 never comes (the search is over) runs to the end. `autofit run --resume` follows each kill.
+`--score` scores the model each kill left behind (best_so_far.onnx, from a trial or the
+refit) on the run's own test split, before the resume:
+
+    python bench/faults.py --data <CIFAR-10 JPEGs> --minutes 2 --max-params 300k --kills 3 --score
 
 Writes bench/results/faults.json: per kill, where it struck and what the resume said; then
 trials lost (started before a kill but missing or failed afterwards), finished trials whose
@@ -31,6 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cifar10 import machine  # noqa: E402
@@ -40,6 +45,7 @@ from autofit.records import JournalState, Summary  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BOUNDARIES = ("saved:*:{k}", "rotated:*:{k}", "ended:*")
+SPLITS: dict[tuple[str | None, int], Any] = {}  # the run's data, decoded once
 
 
 def spent(out: Path) -> float:
@@ -78,6 +84,24 @@ def training_lost(lives: list[dict[int, list[dict]]]) -> list[dict]:
     return lost
 
 
+def left_behind(run_dir: Path, data: str | None, seed: int) -> dict[str, object] | None:
+    """The model a kill left (best_so_far.onnx), scored with onnxruntime on the run's test
+    split (the run's seed gives the same split); None when there is none."""
+    from autofit.data.dataset import load
+    from autofit.deliver import best
+    from autofit.deliver.evaluate import score_onnx
+
+    record = best.read(run_dir)
+    if record is None or not (run_dir / best.MODEL).is_file():
+        return None
+    if (data, seed) not in SPLITS:
+        SPLITS[(data, seed)] = load(data, seed=seed, threads=2)
+    split = SPLITS[(data, seed)]
+    score = score_onnx(run_dir / best.MODEL, split.x_test, split.y_test, 2, len(split.classes))
+    return {"source": record.source, "trial": record.trial, "epoch": record.epoch,
+            "test_accuracy": round(score.accuracy, 4), "test_images": len(split.y_test)}
+
+
 def live(command: list[str], faults: str | None) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k != "AUTOFIT_FAULTS"}
     if faults:
@@ -94,6 +118,8 @@ def main() -> None:
     parser.add_argument("--budget", default=None, help="a budget preset instead of --minutes")
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--at", choices=("random", "boundaries"), default="random")
+    parser.add_argument("--score", action="store_true",
+                        help="score the model each kill leaves on the run's test split")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "faults.json")
     args = parser.parse_args()
@@ -127,7 +153,9 @@ def main() -> None:
         started_trials |= {int(n) for n in re.findall(r"trial (\d+) start", log)}
         finished.update(finished_trials(log))
         kills.append({"fault": fault or "SIGKILL", "at_budget_s": round(spent(run_dir), 1),
-                      "phase": journal.phase if journal else None})
+                      "phase": journal.phase if journal else None,
+                      **({"left_behind": left_behind(run_dir, args.data, args.seed)}
+                         if args.score else {})})
         print(f"killed at {kills[-1]['at_budget_s']}s of budget ({kills[-1]['phase']}, "
               f"{kills[-1]['fault']})", flush=True)
         command = [sys.executable, "-m", "autofit", "run", "--resume", str(run_dir)]

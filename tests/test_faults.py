@@ -65,8 +65,11 @@ def test_failing_trials_never_end_the_search(flat_folder: Path, tmp_path: Path,
 
     best = json.loads((out / "best_so_far.json").read_text())
     meta = _check_onnx(out / "best_so_far.onnx")
-    assert float(meta["val_accuracy"]) == best["val_accuracy"] >= 0.5
-    assert best["trial"] not in {1, 2, 4, 5}
+    assert best["trial"] not in {1, 2, 4, 5} and meta["source"] == best["source"]
+    if best["source"] == "trial":  # the refit may have replaced it in its last quarter
+        assert float(meta["val_accuracy"]) == best["val_accuracy"] >= 0.5
+    else:
+        assert best["trial"] == result.summary.best_trial and best["accuracy"] >= 0.5
 
 
 def test_every_trial_failing_stops_early_with_the_first_error(flat_folder: Path,

@@ -39,6 +39,17 @@ CHECKPOINT_FILE = "state.pt"
 TrainState = dict[str, Any]
 
 
+@dataclass(frozen=True)
+class EpochEnd:
+    """Where a training run stands at the end of a pass over its data, and its weights then
+    (their EMA when the recipe keeps one: what it would export)."""
+
+    progress: float  # of the schedule, 0-1
+    epoch: float
+    train_s: float
+    weights: Callable[[], dict[str, torch.Tensor]]
+
+
 @dataclass
 class Counters:
     """Where a training run stands; saved in checkpoints so a resumed run continues its
@@ -106,18 +117,20 @@ def train(model: nn.Module, loader: Loader, recipe: Recipe, *, stop_at: float,
           report: Callable[[Progress, Callable[[], TrainState]], None] | None = None,
           resume: TrainState | None = None,
           save: Callable[[TrainState], None] | None = None,
-          save_every_s: float = math.inf) -> Progress:
+          save_every_s: float = math.inf,
+          on_epoch: Callable[[EpochEnd], None] | None = None) -> Progress:
     """Train until the schedule completes or `stop_at`; return the final state.
 
     With `val`, it reports after every epoch and each `milestones` second of training (with a
     callable giving the full training state, for checkpoints); `save` gets that state every
-    `save_every_s`. `resume` (such a state) continues where it was taken, schedule and EMA
-    included. Out of memory, it retries with half the batch (and half the learning rate),
-    twice at most. A batch the loader capped at the training set's size scales the learning
-    rate down the same way (Goyal et al.'s linear rule): the recipe's lr is for its batch. A
-    step is one forward and backward pass, two with SAM. With `recipe.ema`, evaluations use
-    the averaged weights, and the model holds them when this returns (what the refit
-    exports).
+    `save_every_s`; `on_epoch` is called at the end of each pass over the data (the refit
+    exports its weights from there), its time paused like a save's. `resume` (such a state)
+    continues where it was taken, schedule and EMA included. Out of memory, it retries with
+    half the batch (and half the learning rate), twice at most. A batch the loader capped at
+    the training set's size scales the learning rate down the same way (Goyal et al.'s linear
+    rule): the recipe's lr is for its batch. A step is one forward and backward pass, two with
+    SAM. With `recipe.ema`, evaluations use the averaged weights, and the model holds them
+    when this returns (what the refit exports).
     """
     if math.isinf(total_seconds) and math.isinf(total_steps):
         raise ValueError("train needs total_seconds or total_steps")
@@ -236,6 +249,13 @@ def train(model: nn.Module, loader: Loader, recipe: Recipe, *, stop_at: float,
         else:
             if val is not None:
                 last = snapshot("running")
+            if on_epoch is not None:
+                tick = time.perf_counter()
+                on_epoch(EpochEnd(progress=progress(), epoch=c.seen / len(loader.images),
+                                  train_s=c.train_s,
+                                  weights=lambda: ema.state if ema is not None
+                                  else model.state_dict()))
+                paused_s += time.perf_counter() - tick
     if last is not None and last.steps == c.steps:
         final = last.model_copy(update={"state": state})
         if report is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from autofit.errors import one_line
 from autofit.models import Classifier
 from autofit.records import RefitInfo, TrialRecord
 from autofit.train.loop import (
+    EpochEnd,
     TrainState,
     load_checkpoint,
     load_state,
@@ -42,10 +44,14 @@ SCHEDULE_SHARE = 0.99  # of the wall seconds: saves are not training time (0.97 
 
 
 def refit(dataset: Dataset, best: TrialRecord, *, stop_at: float, device: str, threads: int,
-          seed: int, log: logging.Logger, checkpoint: Path) -> tuple[Classifier, RefitInfo]:
+          seed: int, log: logging.Logger, checkpoint: Path,
+          on_epoch: Callable[[EpochEnd], None] | None = None,
+          exports_s: float = 0.0) -> tuple[Classifier, RefitInfo]:
     """Train the winner on train+val until `stop_at`, saving its state to `checkpoint`
-    every few seconds; a checkpoint already there (a resumed run) is continued. The model
-    returned holds the weights to export: their EMA when the recipe keeps one."""
+    every few seconds; a checkpoint already there (a resumed run) is continued. `on_epoch`
+    gets each epoch's end (best_so_far.onnx is exported from there), and `exports_s` of the
+    time is left to it. The model returned holds the weights to export: their EMA when the
+    recipe keeps one."""
     torch.set_num_threads(threads)
     x = np.concatenate([dataset.x_train, dataset.x_val])
     y = np.concatenate([dataset.y_train, dataset.y_val])
@@ -104,9 +110,10 @@ def refit(dataset: Dataset, best: TrialRecord, *, stop_at: float, device: str, t
         save_state({**state, "plan": plan, "warm_start": warm}, checkpoint)
 
     start = time.time()
-    final = train(model, loader, recipe, stop_at=stop_at, total_seconds=SCHEDULE_SHARE * seconds,
-                  resume=resume, save=save,
-                  save_every_s=min(SAVE_EVERY_S, max(1.0, seconds / 10)))
+    final = train(model, loader, recipe, stop_at=stop_at,
+                  total_seconds=max(SCHEDULE_SHARE * seconds - exports_s, 0.5 * seconds),
+                  resume=resume, save=save, save_every_s=min(SAVE_EVERY_S, max(1.0, seconds / 10)),
+                  on_epoch=on_epoch)
     info = RefitInfo(seconds_planned=round(seconds, 3),
                      epochs_planned=None if epochs_planned is None else round(epochs_planned, 3),
                      epochs=final.epoch, steps=final.steps,
