@@ -101,3 +101,9 @@ def test_the_refit_stops_exporting_once_its_allowance_is_spent(tmp_path: Path):
     assert exports.count == 1 and len(exports.exported) == 1
     none, _, _ = _refit(tmp_path / "none", allowance_s=0.0)
     assert none.count == 0 and not (tmp_path / "none" / "run" / MODEL).exists()
+    x, y = two_class(8)
+    keeper, config = _keeper(tmp_path / "tiny", x), _config()
+    assert RefitExports.make(keeper, config, 0, x, y, 2, refit_s=2.0, budget_s=30,
+                             log=LOG).allowance_s == 0.0  # 0.2 s: less than one export
+    assert RefitExports.make(keeper, config, 0, x, y, 2, refit_s=400.0, budget_s=600,
+                             log=LOG).allowance_s == 12.0  # 2% of the budget

@@ -34,6 +34,8 @@ REPLACE_SHARE = 0.75
 EVERY_SHARE = 0.1
 LAST_SHARE = 0.95
 EXPORT_SHARE = 0.02  # of the budget, for all of a life's refit exports together
+MIN_ALLOWANCE_S = 1.0  # below it, none: one export took 0.4-2.0 s here (a 0.5-minute run's
+# 2 s refit had spent 0.42 s on an export at chance accuracy)
 SCORE_IMAGES = 512
 ACCURACY_ON = "train+val images the refit trains on"
 
@@ -63,8 +65,9 @@ class RefitExports:
              budget_s: float, log: logging.Logger) -> RefitExports:
         on_disk = best_so_far.read(keeper.run_dir)
         trial_model = on_disk is not None and on_disk.source == "trial"
+        allowance = min(EXPORT_SHARE * budget_s, 0.1 * refit_s)
         return cls(keeper, config, trial, x[:SCORE_IMAGES], y[:SCORE_IMAGES], num_classes,
-                   refit_s=refit_s, allowance_s=min(EXPORT_SHARE * budget_s, 0.1 * refit_s),
+                   refit_s=refit_s, allowance_s=allowance if allowance >= MIN_ALLOWANCE_S else 0.0,
                    log=log, start_share=REPLACE_SHARE if trial_model else FIRST_SHARE)
 
     def due(self, end: EpochEnd) -> bool:
