@@ -53,7 +53,12 @@ def run_command(
         help="budget preset: a name (see `autofit budgets`) or a YAML path; flags override it "
              "[default: default]")] = None,
     ray_address: Annotated[str | None, typer.Option(
-        "--ray-address", help="run on an existing Ray cluster (e.g. ray://host:10001)")] = None,
+        "--ray-address", help="run on an existing Ray cluster: its head's address, HOST:6379 "
+                              "(better: start autofit on the cluster with `ray job submit`)")]
+    = None,
+    storage: Annotated[str | None, typer.Option(
+        help="where Tune's state and checkpoints go: a path every Ray node mounts, or a URI "
+             "such as s3://bucket/dir (needed on a cluster of more than one node)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the result")] = False,
     resume: Annotated[Path | None, typer.Option(
         "--resume", help="continue the killed or interrupted run in this directory, with the "
@@ -73,7 +78,7 @@ def run_command(
         if resume is not None:
             given = {"--data": data, "--data-root": data_root, "--minutes": minutes,
                      "--max-params": max_params, "--out": out, "--seed": seed, "--space": space,
-                     "--budget": budget}
+                     "--budget": budget, "--storage": storage}
             clash = [name for name, value in given.items() if value is not None]
             if clash:
                 raise UsageError(f"--resume continues a run with its own options; drop "
@@ -84,7 +89,8 @@ def run_command(
             chosen = Budget.from_yaml(preset("budgets", budget or "default"), minutes=minutes,
                                       max_params=max_params)
             result = runner.run(data, chosen, out=out, seed=seed or 0, space=space or "default",
-                                ray_address=ray_address, started_at=started_at, quiet=quiet,
+                                ray_address=ray_address, storage=storage,
+                                started_at=started_at, quiet=quiet,
                                 data_root=data_root)
     except AutofitError as err:
         typer.echo(f"autofit: error: {err}", err=True)

@@ -82,3 +82,4 @@ class RunArgs(BaseModel):
     seed: int
     space: str
     ray_address: str | None = None
+    storage: str | None = None  # the run's own folder under --storage (None: RUN_DIR/tune)

@@ -9,12 +9,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autofit import events
 from autofit.budget import Budget, Clock, Plan
 from autofit.config import RunArgs
 from autofit.journal import Journal
 from autofit.records import ExportInfo, RefitInfo, SearchOutcome, TestResult
+from autofit.storage import Storage
+
+if TYPE_CHECKING:
+    from autofit.search.cluster import Workers
 
 
 @dataclass
@@ -31,6 +36,7 @@ class RunContext:
     refit: RefitInfo | None = None
     export: ExportInfo | None = None
     test: TestResult | None = None
+    cluster: Workers | None = None  # a run on a cluster: Ray, held from the search to the test
 
     @property
     def args(self) -> RunArgs:
@@ -47,6 +53,11 @@ class RunContext:
     @property
     def run_dir(self) -> Path:
         return self.journal.run_dir
+
+    @property
+    def storage(self) -> Storage:
+        """Where Tune's state and the checkpoints go: `--storage`, else the run directory."""
+        return Storage(self.args.storage or str(self.run_dir.resolve() / "tune"))
 
     @property
     def resumed(self) -> bool:

@@ -24,3 +24,11 @@ def scoped_environment(defaults: dict[str, str] | None = None) -> Iterator[None]
         for name, value in before.items():
             if os.environ.get(name) != value:
                 os.environ[name] = value
+
+
+def ray_node() -> str:
+    """The Ray node this process runs on, as the leaderboard shows it: its IP and the start of
+    its node id (nodes on one host share an IP)."""
+    import ray
+
+    return f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()[:8]}"

@@ -57,3 +57,15 @@ class SearchFailed(AutofitError):
 def one_line(err: BaseException) -> str:
     """An exception's message folded onto one line (YAML and OS errors span several)."""
     return " ".join(str(err).split()) or type(err).__name__
+
+
+def last_line(text: str) -> str:
+    """The line of a Ray error that says what happened (Ray's worker-death text is a page)."""
+    if "its node has died" in text or "node was terminated" in text:
+        return "its Ray node died"
+    if "is unavailable" in text and "rpc_code: 14" in text:
+        return "its Ray node or worker became unreachable (Ray lost the connection to it)"
+    if "worker process has died" in text or "actor died" in text:
+        return "its Ray worker process died (killed, out of host memory, or crashed)"
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error"

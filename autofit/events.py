@@ -33,6 +33,12 @@ def event_of(record: logging.LogRecord) -> dict[str, Any] | None:
     return getattr(record, _EVENT, None)
 
 
+def extras(record: logging.LogRecord) -> dict[str, Any]:
+    """What makes a log record an event, to log it again elsewhere (the record of a process
+    on another Ray node, replayed on the run's logger)."""
+    return {key: getattr(record, key) for key in (_EVENT, _HIDDEN) if hasattr(record, key)}
+
+
 def in_text_views(record: logging.LogRecord) -> bool:
     """Filter for text views: everything but events emitted with show=False."""
     return not getattr(record, _HIDDEN, False)

@@ -7,11 +7,11 @@ import os
 from pathlib import Path
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str | bytes) -> None:
     """Write, fsync, rename, fsync the directory: a reader (or a resume after power loss)
     sees the old file or the new one, never a torn one."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
+    with open(tmp, "wb" if isinstance(text, bytes) else "w") as handle:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())

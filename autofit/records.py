@@ -101,6 +101,7 @@ class Progress(Record):
     state: str  # "running", "completed", "deadline" or "diverged"
     batch_size: int
     oom_retries: int = 0
+    node: str = ""  # the Ray node that trained it: "IP/first 8 hex digits of its node id"
 
 
 # A trial's last report, or None where it made none (version 1 wrote {} for that).
@@ -116,7 +117,8 @@ class TrialRecord(Record):
     metrics: Report = None
     status: str = "no result"
     error: str | None = None
-    checkpoint: str | None = None  # the trial's last checkpoint directory
+    checkpoint: str | None = None  # the trial's last checkpoint: a directory, or a URI in --storage
+    node: str = ""  # the Ray node it last reported from ("": it never reported)
 
     @property
     def score(self) -> float:
@@ -195,6 +197,8 @@ class RefitInfo(Record):
     warm_start: str | None = None  # whose weights the refit began from (None: initialised)
     exports: int = 0  # best_so_far.onnx exports from the refit's weights, in its last life
     exports_s: float = 0.0  # their cost: export, verification and scoring
+    node: str | None = None  # the Ray node it ran on, as Ray work on a cluster (None: the driver)
+    start_s: float | None = None  # on a cluster: from asking Ray for it to its first step there
 
 
 class ExportInfo(Record):
@@ -299,6 +303,8 @@ class Summary(Versioned):
     search_overrun_s: float | None = None
     trials: int | None = None  # None: no search finished
     trial_status: dict[str, int] = {}  # trials per leaderboard status
+    trial_nodes: dict[str, int] = {}  # trials per Ray node that trained them (leaderboard `node`)
+    best_node: str | None = None  # the node the winning trial trained on
     best_trial: int | None = None  # None: the search was skipped, the prior trained
     best_config: TrialConfig | None = None
     best_metrics: Report = None  # the winning trial's last report

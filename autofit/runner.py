@@ -11,9 +11,10 @@ import logging
 import os
 import shutil
 import time
-from contextlib import suppress
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from autofit import __version__, events, faults
 from autofit.budget import Budget, Clock, final_reserve
@@ -23,21 +24,24 @@ from autofit.data import pipeline
 from autofit.data.dataset import Dataset, load
 from autofit.data.sources import NAMED
 from autofit.deliver import best as best_so_far
-from autofit.deliver.evaluate import score_onnx, test_pass_speed
+from autofit.deliver.evaluate import Score, score_onnx, test_pass_speed
 from autofit.deliver.export import export_onnx, model_metadata
 from autofit.deliver.refit_exports import RefitExports
 from autofit.environment import scoped_environment
 from autofit.errors import AutofitError, Interrupted, SearchFailed, UsageError
+from autofit.files import write_atomic
 from autofit.journal import Journal, prepare_run_dir
 from autofit.models import Classifier
 from autofit.presets import preset
-from autofit.records import Summary
+from autofit.records import ExportInfo, Summary
 from autofit.reporting import summary as summaries
 from autofit.reporting.leaderboard import write_leaderboard
 from autofit.reporting.logs import close_logger, run_logger
+from autofit.search.cluster import check_address
 from autofit.search.space import SearchSpace
+from autofit.storage import run_folder, storage_root
 from autofit.train import precision
-from autofit.train.loop import load_state, make_model, save_weights
+from autofit.train.loop import load_state, make_model, save_state, save_weights
 from autofit.train.refit import refit
 
 LEADERBOARD = "leaderboard.csv"
@@ -65,21 +69,29 @@ class RunResult:
 
 def run(data: str | Path | None = None, budget: Budget | None = None, *,
         out: str | Path | None = None, seed: int = 0, space: str | Path = "default",
-        ray_address: str | None = None, started_at: float | None = None,
-        quiet: bool = False, data_root: str | Path | None = None) -> RunResult:
+        ray_address: str | None = None, storage: str | None = None,
+        started_at: float | None = None, quiet: bool = False,
+        data_root: str | Path | None = None) -> RunResult:
     """Search, refit, export and score a model for the dataset at `data` within `budget`.
 
     `data` is a folder, a label CSV, a .npz, or a dataset name (`cifar10`, ...) found under
     `data_root` in torchvision's layout; `data=None` uses the embedded 8x8 digits.
+    `ray_address` (default $RAY_ADDRESS, as Ray sets it for a job's driver) runs on a cluster;
+    `storage` (a path every Ray node mounts, or a URI such as s3://bucket/dir) holds Tune's
+    state and the checkpoints, as a cluster of more than one node needs.
     `started_at` (a time.time() value) lets the CLI count its own start-up against the budget.
     If the run is killed, `resume(out)` goes on.
     """
+    ray_address = ray_address or os.environ.get("RAY_ADDRESS") or None  # as `ray job submit` sets
+    check_address(ray_address)
     budget = budget or Budget.from_yaml(preset("budgets", "default"))
     space_path = preset("search_spaces", space)
+    root = None if storage is None else storage_root(storage)
     out_dir = prepare_run_dir(out)
     args = RunArgs(data=_where(data), data_root=None if data_root is None else
                    str(Path(data_root).resolve()), budget=budget, seed=seed,
-                   space=str(space_path.resolve()), ray_address=ray_address)
+                   space=str(space_path.resolve()), ray_address=ray_address,
+                   storage=None if root is None else run_folder(root, out_dir.name))
     return _execute(Journal.create(out_dir, args), started_at, quiet)
 
 
@@ -98,6 +110,7 @@ def resume(run_dir: str | Path, *, ray_address: str | None = None,
     Finished trials are kept, unfinished ones and the refit continue from their last
     checkpoint; the time the run lay dead does not count against its budget.
     """
+    check_address(ray_address)
     journal = Journal.open(Path(run_dir))
     if ray_address is not None:
         journal.set(args=journal.args.model_copy(update={"ray_address": ray_address}))
@@ -146,41 +159,119 @@ def _run(ctx: RunContext) -> RunResult:
     keeper = best_so_far.BestSoFar(ctx.run_dir, dataset.shape, *dataset.mean_std,
                                    images=dataset.x_val[:best_so_far.PARITY_IMAGES],
                                    metadata=metadata, threads=ctx.threads)
-    from autofit.search.phase import search_phase  # Ray is imported only where it is used
+    from autofit.search.phase import ray_for, search_phase  # Ray: only where it is used
 
-    ctx.outcome, ctx.plan = search_phase(ctx, dataset, space, keeper)
-    write_leaderboard(ctx.run_dir / LEADERBOARD, ctx.outcome.records)
-
-    ctx.start_phase("refit")
-    model = _refit(ctx, dataset, keeper)
-
-    ctx.start_phase("export")
-    model_path = ctx.run_dir / MODEL
-    try:
-        faults.check_export()
-        ctx.export = export_onnx(model, model_path, dataset.x_test,
-                                 {**metadata, "params": ctx.outcome.best.config.params,
-                                  "val_accuracy": ctx.outcome.val_accuracy}, ctx.threads)
-    except OSError as err:
-        raise AutofitError(f"cannot write {model_path}: {err.strerror or err}; "
-                           f"the refit weights are in {ctx.run_dir / WEIGHTS}") from None
-    ctx.log.info("export: %s (%s exporter, opset %d), onnxruntime matches PyTorch to %.1e",
-                 model_path, ctx.export.exporter, ctx.export.opset,
-                 ctx.export.parity_max_abs_diff)
-
-    ctx.start_phase("evaluate")
-    score = score_onnx(model_path, dataset.x_test, dataset.y_test, ctx.threads,
-                       len(dataset.classes))
-    ctx.test = score.result(dataset.classes)
-    events.emit(ctx.log, "test", "test accuracy (ONNX, onnxruntime): %.4f on %d images",
-                score.accuracy, len(dataset.y_test), accuracy=score.accuracy,
-                images=len(dataset.y_test))
+    with ExitStack() as stack:
+        if ctx.args.ray_address:  # on a cluster, Ray stays up: the refit and export run there
+            ctx.cluster = stack.enter_context(ray_for(ctx, dataset, space))
+        ctx.outcome, ctx.plan = search_phase(ctx, dataset, space, keeper)
+        write_leaderboard(ctx.run_dir / LEADERBOARD, ctx.outcome.records)
+        ctx.start_phase("refit")
+        if ctx.cluster is None:
+            _deliver_here(ctx, dataset, keeper, metadata)
+        else:
+            _deliver_on_cluster(ctx, dataset, keeper, metadata)
 
     ctx.start_phase("report")
     summary = summaries.finished(ctx, dataset, space.source)
     summaries.write(summary, ctx.run_dir)
     ctx.journal.set(status="tested")
     return _finish(ctx, summary)
+
+
+def _deliver_here(ctx: RunContext, dataset: Dataset, keeper: best_so_far.BestSoFar,
+                  metadata: dict[str, Any]) -> None:
+    """Refit, export and test in this process."""
+    model = _refit(ctx, dataset, keeper)
+    ctx.start_phase("export")
+    model_path = ctx.run_dir / MODEL
+    try:
+        faults.check_export()
+        export = export_onnx(model, model_path, dataset.x_test, _model_metadata(ctx, metadata),
+                             ctx.threads)
+    except OSError as err:
+        raise AutofitError(f"cannot write {model_path}: {err.strerror or err}; "
+                           f"the refit weights are in {ctx.run_dir / WEIGHTS}") from None
+    _exported(ctx, export)
+    ctx.start_phase("evaluate")
+    _tested(ctx, dataset, score_onnx(model_path, dataset.x_test, dataset.y_test, ctx.threads,
+                                     len(dataset.classes)))
+
+
+def _deliver_on_cluster(ctx: RunContext, dataset: Dataset, keeper: best_so_far.BestSoFar,
+                        metadata: dict[str, Any]) -> None:
+    """Refit, export and test as Ray work on a node of the cluster (deliver/on_cluster.py);
+    the run directory gets what this process gets back, as it comes."""
+    from autofit.deliver import on_cluster
+
+    assert ctx.outcome is not None and ctx.plan is not None and ctx.cluster is not None
+    best, weights = ctx.outcome.best, ctx.run_dir / WEIGHTS
+    done = ctx.journal.state.refit is not None and weights.is_file()
+    stop_at = ctx.clock.deadline - _reserve(ctx, dataset)
+    record = keeper.run_dir / best_so_far.RECORD
+    job = on_cluster.Job(
+        best=best, stop_at=stop_at, storage=ctx.storage.root, device=ctx.device,
+        threads=ctx.cluster.trial_cpus, seed=ctx.seed, budget_s=ctx.budget.seconds,
+        metadata=_model_metadata(ctx, metadata), keeper_metadata=keeper.metadata,
+        best_record=record.read_text() if record.is_file() else None,
+        weights=load_state(weights) if done else None, submitted_at=time.time())
+    node = on_cluster.Started(node="", start_s=0.0)
+    if done:
+        ctx.refit = ctx.journal.state.refit
+        ctx.log.info("refit: done before the interruption; weights from %s", weights)
+        ctx.start_phase("export")
+    for message in on_cluster.deliver(job, dataset, ctx.run_dir, cpus=ctx.cluster.trial_cpus,
+                                      gpus=1 if ctx.cluster.trial_gpus else 0,
+                                      deadline=ctx.clock.deadline, log=ctx.log):
+        if isinstance(message, on_cluster.Started):
+            node = message
+            ctx.log.info("cluster: the %s runs on node %s, started %.1fs after it was asked for",
+                         "export and test pass" if done else "refit, export and test pass",
+                         node.node, node.start_s)
+        elif isinstance(message, on_cluster.RefitDone):
+            ctx.refit = message.info.model_copy(update={"node": node.node,
+                                                        "start_s": round(node.start_s, 3)})
+            save_state(message.weights, weights)
+            ctx.journal.set(refit=ctx.refit)
+            ctx.start_phase("export")
+        elif isinstance(message, on_cluster.Exported):
+            write_atomic(ctx.run_dir / MODEL, message.onnx)
+            _exported(ctx, message.info.model_copy(update={"path": str(ctx.run_dir / MODEL)}))
+            ctx.start_phase("evaluate")
+        elif isinstance(message, on_cluster.Tested):
+            _tested(ctx, dataset, message.score)
+    if ctx.test is None:
+        raise AutofitError("the refit and export on the cluster ended without a test score")
+
+
+def _model_metadata(ctx: RunContext, metadata: dict[str, Any]) -> dict[str, Any]:
+    """model.onnx's metadata: the run's, with the winner's size and validation accuracy."""
+    assert ctx.outcome is not None
+    return {**metadata, "params": ctx.outcome.best.config.params,
+            "val_accuracy": ctx.outcome.val_accuracy}
+
+
+def _exported(ctx: RunContext, export: ExportInfo) -> None:
+    ctx.export = export
+    ctx.log.info("export: %s (%s exporter, opset %d), onnxruntime matches PyTorch to %.1e",
+                 export.path, export.exporter, export.opset, export.parity_max_abs_diff)
+
+
+def _tested(ctx: RunContext, dataset: Dataset, score: Score) -> None:
+    ctx.test = score.result(dataset.classes)
+    events.emit(ctx.log, "test", "test accuracy (ONNX, onnxruntime): %.4f on %d images",
+                score.accuracy, len(dataset.y_test), accuracy=score.accuracy,
+                images=len(dataset.y_test))
+
+
+def _reserve(ctx: RunContext, dataset: Dataset) -> float:
+    """Seconds kept after the refit for export, the test pass and the report, said."""
+    assert ctx.outcome is not None and ctx.plan is not None
+    speed = test_pass_speed(ctx.run_dir, ctx.outcome.best, dataset, ctx.threads, ctx.plan.cost)
+    reserve = final_reserve(len(dataset.y_test), speed)
+    ctx.log.info("refit: %.1fs kept for export, the test pass (%.0f images/s) and the report",
+                 reserve, speed)
+    return reserve
 
 
 def _say_start(ctx: RunContext) -> None:
@@ -241,11 +332,7 @@ def _refit(ctx: RunContext, dataset: Dataset, keeper: best_so_far.BestSoFar) -> 
         ctx.refit = ctx.journal.state.refit
         ctx.log.info("refit: done before the interruption; weights from %s", weights)
         return model.eval()
-    speed = test_pass_speed(ctx.run_dir, best, dataset, ctx.threads, ctx.plan.cost)
-    reserve = final_reserve(len(dataset.y_test), speed)
-    ctx.log.info("refit: %.1fs kept for export, the test pass (%.0f images/s) and the report",
-                 reserve, speed)
-    checkpoint, stop_at = ctx.run_dir / REFIT_STATE, ctx.clock.deadline - reserve
+    checkpoint, stop_at = ctx.run_dir / REFIT_STATE, ctx.clock.deadline - _reserve(ctx, dataset)
     exports = RefitExports.make(keeper, best.config, best.number, dataset.x_val, dataset.y_val,
                                 len(dataset.classes), refit_s=max(stop_at - time.time(), 0.0),
                                 budget_s=ctx.budget.seconds, log=ctx.log)

@@ -20,7 +20,7 @@ import torch
 
 from autofit import events
 from autofit.records import NO_CONTENDER, JournalState, Summary
-from autofit.search.checkpoints import RECOVERED, _newest
+from autofit.search.checkpoints import RECOVERED, _newest, repair_state
 from autofit.train.loop import CHECKPOINT_FILE, save_state
 
 BUDGET_S = 90.0
@@ -93,6 +93,23 @@ def test_kills_at_checkpoint_boundaries_resume_every_trial_from_its_newest_check
     assert f"refit: warm start from the weights of trial {summary.best_trial}" in text
     assert summary.elapsed_s <= BUDGET_S + 5.0
     assert summary.search_overrun_s is not None and summary.search_overrun_s <= 1.5
+
+
+def test_a_torn_experiment_state_starts_the_search_again(tmp_path: Path):
+    import logging
+
+    from ray import tune
+
+    experiment = tmp_path / "search"
+    experiment.mkdir()
+    first, newer = experiment / "experiment_state-1.json", experiment / "experiment_state-2.json"
+    first.write_text('{"trial_data": []}')
+    repair_state(experiment, logging.getLogger("test"))
+    assert first.exists()  # a whole state stays
+    newer.write_text("")  # a later life's, torn by a kill in Tune's copy of it
+    repair_state(experiment, logging.getLogger("test"))
+    assert not first.exists() and not newer.exists()  # no earlier life's state is restored
+    assert not tune.Tuner.can_restore(str(experiment))
 
 
 def test_a_search_whose_trials_reach_no_rung_refits_the_prior_from_scratch(tmp_path: Path):

@@ -49,6 +49,10 @@ def _with_file(p: Path, name: str, content: bytes) -> Path:
     (lambda p: ["--out", str((p / "f").write_text("x") and p / "f" / "run")], "not writable"),
     (lambda p: ["--space", str(p / "missing.yaml")], "missing.yaml does not exist"),
     (lambda p: ["--budget", "nope"], "no budgets preset named 'nope'"),
+    (lambda p: ["--ray-address", "ray://127.0.0.1:10001"], "Ray Client .*ray job submit"),
+    (lambda p: ["--storage", "nosuch://bucket/x"], "--storage nosuch://bucket/x: not a path nor"),
+    (lambda p: ["--storage", str((p / "f").write_text("x") and p / "f" / "s")],
+     "--storage .*/f/s: cannot write there"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path: Path, make_args, needle):
     args = make_args(tmp_path)

@@ -16,7 +16,7 @@ LAYERS = [{"cli", "__main__"}, {"runner"}, {"reporting", "search"}, {"deliver"},
           {"data"}, {"models"},
           {"context"}, {"journal", "events"}, {"records"}, {"config"}, {"budget", "presets",
                                                                        "faults"},
-          {"files", "errors", "environment"}]
+          {"files", "errors", "environment", "storage"}]
 MAX_LINES = 400
 
 

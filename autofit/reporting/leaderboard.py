@@ -11,7 +11,7 @@ from autofit.records import TrialRecord
 LEADERBOARD_FIELDS = ["trial", "family", "arch", "params", "optimizer", "schedule", "batch_size",
                       "lr", "weight_decay", "label_smoothing", "dropout", "hflip",
                       "alternate_flip", "cutout", "ema", "tta", "tta_translate", "epochs",
-                      "train_seconds", "images_per_s", "val_accuracy", "status", "error"]
+                      "train_seconds", "images_per_s", "val_accuracy", "status", "node", "error"]
 
 
 def write_leaderboard(path: Path, records: list[TrialRecord]) -> None:
@@ -31,7 +31,7 @@ def write_leaderboard(path: Path, records: list[TrialRecord]) -> None:
             "train_seconds": "" if m is None else m.train_seconds,
             "images_per_s": "" if m is None else round(m.images_per_s),
             "val_accuracy": "" if m is None else m.val_accuracy,
-            "status": r.status, "error": r.error or "",
+            "status": r.status, "node": r.node, "error": r.error or "",
         })
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="") as handle:

@@ -40,6 +40,8 @@ def finished(ctx: RunContext, dataset: Dataset, space_source: str) -> Summary:
         lives=ctx.journal.state.lives, plan=plan, search_overrun_s=outcome.overrun_s,
         trials=len(outcome.records),
         trial_status=dict(Counter(record.status for record in outcome.records)),
+        trial_nodes=dict(Counter(record.node for record in outcome.records if record.node)),
+        best_node=best.node or None,
         best_trial=best.number if outcome.searched else None, best_config=best.config,
         best_metrics=best.metrics, best_so_far=best_so_far.read(ctx.run_dir), refit=refit,
         export=export, test=test, device=ctx.device, workers=ctx.journal.state.workers,

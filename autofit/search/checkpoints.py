@@ -13,6 +13,7 @@ checkpoints, so with 2 the deleted-before-snapshot window is still there.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -26,6 +27,27 @@ from autofit.train.loop import TrainState, load_checkpoint
 CHECKPOINT_DIR = re.compile(r"checkpoint_\d+")
 RECOVERED = "recovered"  # a trial's newest state when Tune's state does not name it
 UNFINISHED = ("PENDING", "RUNNING", "PAUSED")  # what Tune resumes (errored trials stay failed)
+STATE = "experiment_state-*.json"
+
+
+def repair_state(experiment: Path, log: logging.Logger) -> None:
+    """Before a resume: Tune copies its experiment-state snapshot into the storage in place, and a
+    kill in that copy once left it empty (the resume failed: JSONDecodeError). A torn newest
+    state removes every state, so the search starts again: restoring an earlier life's state,
+    or a copy taken a moment before (tried), left Tune waiting on trials its searcher had
+    already handed out, until past the deadline."""
+    states = sorted(experiment.glob(STATE))
+    if not states:
+        return
+    try:
+        json.loads(states[-1].read_text())
+        return
+    except (OSError, ValueError):
+        pass
+    for state in states:
+        state.unlink()
+    log.warning("search: Ray Tune's experiment state %s was torn by the kill; the search starts "
+                "again (its trials' results are lost)", states[-1].name)
 
 
 def read_state(directory: str | Path) -> TrainState | None:

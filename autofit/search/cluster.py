@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from autofit.environment import scoped_environment
-from autofit.errors import AutofitError
+from autofit.errors import AutofitError, UsageError, last_line
 from autofit.search import packing
 from autofit.search.packing import Probe, gpu_share, trials_per_gpu
+from autofit.storage import Storage
 
 PROBE_TIMEOUT_S = 120.0  # the GPU memory probe: Ray worker and CUDA start-up, a few steps
+STORAGE_CHECK_S = 60.0  # every node reads a token from --storage: a worker process start each
 
 
-def last_line(text: str) -> str:
-    """The line of an error that says what happened (Ray's worker-death text is a page)."""
-    if "worker process has died" in text or "actor died" in text:
-        return "its Ray worker process died (killed, out of host memory, or crashed)"
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "unknown error"
+def check_address(address: str | None) -> None:
+    """Ray Client (`ray://`) runs Ray Tune's driver on the head node, where this run's
+    directory and the callbacks that write it are not: refused, with the two ways that work."""
+    if address and address.startswith("ray://"):
+        raise UsageError(f"--ray-address {address}: Ray Client addresses are not supported (Ray "
+                         f"Tune would run on the head node, away from the run directory); start "
+                         f"autofit on the cluster with `ray job submit -- autofit run ...`, or "
+                         f"give the head's address HOST:6379 from a machine on its network")
 
 
 @dataclass(frozen=True)
@@ -110,16 +116,63 @@ RAY_ENVIRONMENT = {
 
 @contextmanager
 def ray_session(address: str | None, threads: int, device: str, log: logging.Logger,
-                probe: Probe | None = None) -> Iterator[Workers]:
+                probe: Probe | None = None, *, storage: Storage | None = None,
+                shared: bool = False) -> Iterator[Workers]:
     """Connect to `address` (an existing cluster) or start a local Ray; yield its workers.
 
     Only a Ray this call started is shut down. Tune's per-trial loggers are off (the
     leaderboard and summary are autofit's record of the search), and what Ray logs goes into
     the run's log instead of beside it. On CUDA, `probe` (the space, cap and data) sizes how
-    many trials share a GPU; without it each trial gets a whole GPU.
+    many trials share a GPU; without it each trial gets a whole GPU. On more than one node,
+    `storage` must be `shared` (given as --storage) and, when it is a path, seen by every node.
     """
     with _ray_logs_into(log), scoped_environment(RAY_ENVIRONMENT):
-        yield from _ray_session(address, threads, device, probe)
+        yield from _ray_session(address, threads, device, probe, storage, shared)
+
+
+def _sees(path: str, token: str) -> bool:
+    """On one node: whether the storage path holds the token the driver wrote."""
+    try:
+        return Path(path).read_text() == token
+    except OSError:
+        return False
+
+
+def check_storage(nodes: list[dict[str, Any]], storage: Storage, shared: bool) -> None:
+    """On more than one node, Tune's state and the checkpoints must be where every node reaches
+    them: --storage, and when that is a path, one each node sees (a token written here is read
+    back on every node, so a path that is local to this machine is caught before any trial)."""
+    if len(nodes) < 2:
+        return
+    if not shared:
+        raise UsageError(f"the Ray cluster has {len(nodes)} nodes, and without --storage the "
+                         f"checkpoints would go to {storage.root} on this machine, which the "
+                         f"other nodes cannot reach; give --storage, a path every node mounts "
+                         f"or a URI such as s3://bucket/autofit")
+    local = storage.local
+    if local is None:
+        return
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    token, marker = secrets.token_hex(8), local / ".autofit-nodes"
+    local.mkdir(parents=True, exist_ok=True)
+    marker.write_text(token)
+    sees = ray.remote(num_cpus=0, max_retries=0)(_sees)
+    refs = {node["NodeManagerAddress"] + "/" + node["NodeID"][:8]: sees.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(
+        str(marker), token) for node in nodes}
+    try:
+        blind = [name for name, ref in refs.items() if not ray.get(ref, timeout=STORAGE_CHECK_S)]
+    except Exception as err:  # noqa: BLE001 - a node that cannot answer cannot be trusted
+        raise UsageError(f"--storage {storage.root}: could not check that every Ray node sees "
+                         f"it ({last_line(str(err))})") from None
+    finally:
+        marker.unlink(missing_ok=True)
+    if blind:
+        raise UsageError(f"--storage {storage.root}: Ray node(s) {', '.join(blind)} do not see "
+                         f"this path; give a path every node mounts or a URI such as "
+                         f"s3://bucket/autofit")
 
 
 def _measure(probe: Probe) -> tuple[tuple[int, int] | None, str | None]:
@@ -137,8 +190,8 @@ def _measure(probe: Probe) -> tuple[tuple[int, int] | None, str | None]:
     return measured, None if measured is not None else "memory probe found no CUDA device"
 
 
-def _ray_session(address: str | None, threads: int, device: str,
-                 probe: Probe | None = None) -> Iterator[Workers]:
+def _ray_session(address: str | None, threads: int, device: str, probe: Probe | None,
+                 storage: Storage | None, shared: bool) -> Iterator[Workers]:
     import ray
 
     started = not ray.is_initialized()
@@ -155,7 +208,10 @@ def _ray_session(address: str | None, threads: int, device: str,
             raise AutofitError(f"cannot start or reach Ray at {address or 'local'}: "
                                f"{last_line(str(err))}") from None
     try:
-        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        alive = [node for node in ray.nodes() if node.get("Alive")]
+        if storage is not None:
+            check_storage(alive, storage, shared)
+        nodes = [node["Resources"] for node in alive]
         measured, why = None, None if probe is not None else "no memory probe asked for"
         if device == "cuda" and probe is not None:
             if any(n.get("GPU", 0) >= 1 for n in nodes):

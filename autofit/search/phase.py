@@ -8,6 +8,8 @@ plan of a search is made once Ray is up, so Ray's start-up is not search time.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from autofit import events
 from autofit.budget import Cost, Plan
@@ -17,7 +19,7 @@ from autofit.data import pipeline
 from autofit.data.dataset import Dataset
 from autofit.errors import AutofitError
 from autofit.records import NO_CONTENDER, UNTRAINED, SearchOutcome, TrialRecord, WorkerFacts
-from autofit.search.cluster import ray_session
+from autofit.search.cluster import Workers, ray_session
 from autofit.search.packing import Probe
 from autofit.search.space import SearchSpace
 from autofit.search.tune import BestKeeper, run_search
@@ -42,19 +44,13 @@ def search_phase(ctx: RunContext, dataset: Dataset, space: SearchSpace,
     if early is not None and prior is not None:  # a prior over the caps: the search runs
         ctx.journal.set(plan=early)
         return _prior_only(ctx, prior, early), early
-    gpu_cache = dataset.x_train.nbytes + dataset.x_val.nbytes \
-        if dataset.data_path == pipeline.DALI_GPU else 0
-    packing_probe = Probe(space, dataset.shape, ctx.budget.max_params, data_bytes=gpu_cache,
-                          train_images=len(dataset.y_train), seed=ctx.seed)
-    with ray_session(ctx.args.ray_address, ctx.threads, ctx.device, log,
-                     packing_probe) as workers:
-        ctx.journal.set(workers=WorkerFacts(where=workers.where, packing=workers.packing))
+    with ray_for(ctx, dataset, space) as workers:
         plan = _plan(ctx, dataset, cost, space)
         _say_plan(ctx, plan, workers.where)
         ctx.start_phase("search")
         outcome = run_search(dataset, space, ctx.budget.max_params, plan, seed=ctx.seed,
                              journal=ctx.journal, device=ctx.device, workers=workers,
-                             best=best, log=log)
+                             best=best, storage=ctx.storage, log=log)
     if not outcome.contenders:
         config = space.first_config(dataset.shape, ctx.budget.max_params, plan.cap) or (
             outcome.top.config if outcome.records else None)  # no prior: the best-scored one
@@ -79,6 +75,23 @@ def search_phase(ctx: RunContext, dataset: Dataset, space: SearchSpace,
                  "%d trained longer (%.1fs against %.1fs): a tie goes to the surer score",
                  top.number, top.score, winner.number, winner.trained_s, top.trained_s)
     return outcome, plan
+
+
+@contextmanager
+def ray_for(ctx: RunContext, dataset: Dataset, space: SearchSpace) -> Iterator[Workers]:
+    """Ray and its workers: the cluster session the runner holds for the whole of a run on a
+    cluster (`ctx.cluster`), else a Ray of the search's own."""
+    if ctx.cluster is not None:
+        yield ctx.cluster
+        return
+    gpu_cache = dataset.x_train.nbytes + dataset.x_val.nbytes \
+        if dataset.data_path == pipeline.DALI_GPU else 0
+    packing_probe = Probe(space, dataset.shape, ctx.budget.max_params, data_bytes=gpu_cache,
+                          train_images=len(dataset.y_train), seed=ctx.seed)
+    with ray_session(ctx.args.ray_address, ctx.threads, ctx.device, ctx.log, packing_probe,
+                     storage=ctx.storage, shared=ctx.args.storage is not None) as workers:
+        ctx.journal.set(workers=WorkerFacts(where=workers.where, packing=workers.packing))
+        yield workers
 
 
 def _say_plan(ctx: RunContext, plan: Plan, where: str) -> None:

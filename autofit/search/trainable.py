@@ -16,6 +16,7 @@ import torch
 from autofit import faults
 from autofit.config import TrialConfig
 from autofit.data import pipeline
+from autofit.environment import ray_node
 from autofit.models import DataShape
 from autofit.records import Progress
 from autofit.train.loop import (
@@ -84,10 +85,12 @@ def trainable(config: dict[str, Any], data: TrialData) -> None:
     val = pipeline.loader(data.data_path, data.x_val, data.y_val, EVAL_BATCH, train=False,
                           threads=data.threads, device=data.device)
 
+    node = ray_node()
+
     def report(progress: Progress, state: Callable[[], TrainState]) -> None:
         with tempfile.TemporaryDirectory() as directory:
             save_state(state(), Path(directory) / CHECKPOINT_FILE)
-            tune.report(progress.model_dump(),
+            tune.report({**progress.model_dump(), "node": node},
                         checkpoint=tune.Checkpoint.from_directory(directory))
 
     train(model, loader, trial.recipe, stop_at=data.search_deadline,

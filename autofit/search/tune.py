@@ -16,6 +16,7 @@ import logging
 import math
 import shutil
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,18 +26,18 @@ from autofit import events, faults
 from autofit.budget import Plan
 from autofit.config import TrialConfig
 from autofit.data.dataset import Dataset
-from autofit.errors import SearchFailed
+from autofit.errors import SearchFailed, last_line
 from autofit.events import emit
 from autofit.journal import Journal
 from autofit.records import Progress, SearchClock, SearchOutcome, TrialRecord
-from autofit.search.checkpoints import Found, find_newest
-from autofit.search.cluster import Workers, last_line
+from autofit.search.checkpoints import Found, find_newest, repair_state
+from autofit.search.cluster import Workers
 from autofit.search.searcher import METRIC, SpaceSearcher
 from autofit.search.space import SearchSpace
 from autofit.search.trainable import TrialData, parse_config, trainable
+from autofit.storage import EXPERIMENT, Storage
 
 LOG_EVERY_S = 5.0
-EXPERIMENT = "search"
 STATUS = {"completed": "completed", "deadline": "stopped at search deadline",
           "diverged": "diverged", "running": "stopped by ASHA"}
 
@@ -125,13 +126,14 @@ class ProgressLog(tune.Callback):
 
 def _error_text(trial: Any) -> str:
     """The trial's error as Tune wrote it on this node (its synced copy may lag)."""
-    try:
-        return Path(trial.error_file).read_text()
-    except (OSError, TypeError):
-        return str(trial.get_error() or "unknown error")
+    with suppress(OSError, TypeError):
+        text = Path(trial.error_file).read_text()
+        if text.strip():  # Tune may not have written it yet
+            return text
+    return str(trial.get_error() or "unknown error")
 
 
-def _record(result: Any, trial_s: float, configs: dict[str, dict[str, Any]],
+def _record(result: Any, trial_s: float, configs: dict[str, dict[str, Any]], storage: Storage,
             unfinished: dict[int, Found] | None = None) -> TrialRecord | None:
     """A Tune result as a leaderboard row; None for a trial that never ran. A trial that
     failed before its first report has no config in its result: `configs` (by trial id, from
@@ -143,7 +145,7 @@ def _record(result: Any, trial_s: float, configs: dict[str, dict[str, Any]],
     number, config = parse_config(result.config or configs[reported["trial_id"]])
     metrics = Progress.model_validate(reported) if METRIC in reported else None
     status, error = "no result", None
-    checkpoint = result.checkpoint.path if result.checkpoint else None
+    checkpoint = storage.uri(result.checkpoint.path) if result.checkpoint else None
     if result.error is not None:
         status, error = "error", last_line(str(result.error))
     elif unfinished is not None and number in unfinished:
@@ -153,7 +155,7 @@ def _record(result: Any, trial_s: float, configs: dict[str, dict[str, Any]],
         status = status_of(reported, trial_s)
     return TrialRecord(number=number, trial_id=str(reported.get("trial_id", number)),
                        config=config, metrics=metrics, status=status, error=error,
-                       checkpoint=checkpoint)
+                       checkpoint=checkpoint, node=str(reported.get("node", "")))
 
 
 def restart_s(run_dir: Path) -> float:
@@ -172,7 +174,7 @@ def restart_s(run_dir: Path) -> float:
 
 def run_search(dataset: Dataset, space: SearchSpace, max_params: int, plan: Plan, *,
                seed: int, journal: Journal, device: str, workers: Workers, best: BestKeeper,
-               log: logging.Logger) -> SearchOutcome:
+               storage: Storage, log: logging.Logger) -> SearchOutcome:
     """Run the Ray Tune search until `plan.search_deadline`; return every trial's record.
 
     A search that was interrupted is restored from Tune's experiment state (finished trials
@@ -183,9 +185,14 @@ def run_search(dataset: Dataset, space: SearchSpace, max_params: int, plan: Plan
     """
     first_rung = (plan.milestones or (plan.trial_s,))[0]
     journal.set(search_clock=SearchClock(stop_suggesting_at=plan.search_deadline - first_rung))
-    experiment = (journal.run_dir / "tune" / EXPERIMENT).resolve()
-    restoring = tune.Tuner.can_restore(str(experiment))
-    found = find_newest(experiment, log) if restoring else {}
+    experiment, local = storage.experiment, storage.local
+    if local is not None and (local / EXPERIMENT).is_dir():
+        repair_state(local / EXPERIMENT, log)
+    restoring = tune.Tuner.can_restore(experiment)
+    found = find_newest(local / EXPERIMENT, log) if restoring and local is not None else {}
+    if restoring and local is None:
+        log.info("search: resuming from %s as Ray Tune recorded it (the check for checkpoints "
+                 "it lost at a kill reads a filesystem path, not a URI)", experiment)
     left, restart = plan.search_deadline - time.time(), restart_s(journal.run_dir)
     if restoring and left < first_rung + restart:
         from ray.tune import ExperimentAnalysis, ResultGrid
@@ -194,8 +201,8 @@ def run_search(dataset: Dataset, space: SearchSpace, max_params: int, plan: Plan
                  "rung's %.1fs and the %.1fs a trial took to report in the first life: not "
                  "continued, its %d unfinished trial(s) stand as they were", max(left, 0.0),
                  first_rung, restart, len(found))
-        analysis = ExperimentAnalysis(str(experiment))
-        return _outcome(ResultGrid(analysis), analysis.trials, plan, first_rung, found)
+        analysis = ExperimentAnalysis(experiment)
+        return _outcome(ResultGrid(analysis), analysis.trials, plan, first_rung, storage, found)
     data = TrialData(
         x_train=dataset.x_train, y_train=dataset.y_train, x_val=dataset.x_val,
         y_val=dataset.y_val, shape=dataset.shape, mean=dataset.mean_std[0],
@@ -208,19 +215,20 @@ def run_search(dataset: Dataset, space: SearchSpace, max_params: int, plan: Plan
                                    {"cpu": workers.trial_cpus, "gpu": workers.trial_gpus})
     if restoring:
         log.info("search: resuming the Ray Tune experiment in %s", experiment)
-        tuner = tune.Tuner.restore(str(experiment), runnable, resume_unfinished=True,
+        tuner = tune.Tuner.restore(experiment, runnable, resume_unfinished=True,
                                    resume_errored=False)
     else:
-        shutil.rmtree(experiment, ignore_errors=True)
+        if local is not None:
+            shutil.rmtree(local / EXPERIMENT, ignore_errors=True)
         tuner = _new_tuner(runnable, dataset, space, max_params, plan, seed=seed,
-                           journal=journal, workers=workers, experiment=experiment,
+                           journal=journal, workers=workers, storage=storage,
                            callback=ProgressLog(log, best, plan.trial_s, first_rung))
     grid = tuner.fit()
-    return _outcome(grid, grid._experiment_analysis.trials, plan, first_rung)
+    return _outcome(grid, grid._experiment_analysis.trials, plan, first_rung, storage)
 
 
 def _new_tuner(runnable: Any, dataset: Dataset, space: SearchSpace, max_params: int,
-               plan: Plan, *, seed: int, journal: Journal, workers: Workers, experiment: Path,
+               plan: Plan, *, seed: int, journal: Journal, workers: Workers, storage: Storage,
                callback: ProgressLog) -> tune.Tuner:
     from ray.tune.schedulers import ASHAScheduler
 
@@ -237,7 +245,7 @@ def _new_tuner(runnable: Any, dataset: Dataset, space: SearchSpace, max_params: 
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=EXPERIMENT, storage_path=str(experiment.parent), verbose=0,
+            name=EXPERIMENT, storage_path=storage.root, verbose=0,
             callbacks=[callback],
             # one checkpoint per trial on disk; a kill between Tune's deleting the previous
             # one and its next snapshot is repaired at resume (autofit/search/checkpoints.py)
@@ -246,14 +254,14 @@ def _new_tuner(runnable: Any, dataset: Dataset, space: SearchSpace, max_params: 
     )
 
 
-def _outcome(grid: Any, trials: list[Any], plan: Plan, first_rung: float,
+def _outcome(grid: Any, trials: list[Any], plan: Plan, first_rung: float, storage: Storage,
              unfinished: dict[int, Found] | None = None) -> SearchOutcome:
     """Every trial's record (none when no trial ran before the deadline: the phase then
     trains the prior); an error when every trial failed."""
     overrun = time.time() - plan.search_deadline
     configs = {t.trial_id: t.config for t in trials}
-    records = [r for r in (_record(result, plan.trial_s, configs, unfinished) for result in grid)
-               if r is not None]
+    records = [r for r in (_record(result, plan.trial_s, configs, storage, unfinished)
+                           for result in grid) if r is not None]
     outcome = SearchOutcome(records=sorted(records, key=lambda r: r.number),
                             overrun_s=round(overrun, 3), min_trained_s=first_rung)
     if outcome.records and outcome.best.score < 0:

@@ -27,6 +27,7 @@ from autofit.data.dataset import Dataset
 from autofit.errors import one_line
 from autofit.models import Classifier
 from autofit.records import RefitInfo, TrialRecord
+from autofit.storage import readable
 from autofit.train.loop import (
     EpochEnd,
     TrainState,
@@ -45,12 +46,13 @@ SCHEDULE_SHARE = 0.99  # of the wall seconds: saves are not training time (0.97 
 
 def refit(dataset: Dataset, best: TrialRecord, *, stop_at: float, device: str, threads: int,
           seed: int, log: logging.Logger, checkpoint: Path,
-          on_epoch: Callable[[EpochEnd], None] | None = None,
-          exports_s: float = 0.0) -> tuple[Classifier, RefitInfo]:
+          on_epoch: Callable[[EpochEnd], None] | None = None, exports_s: float = 0.0,
+          on_save: Callable[[], None] | None = None) -> tuple[Classifier, RefitInfo]:
     """Train the winner on train+val until `stop_at`, saving its state to `checkpoint`
     every few seconds; a checkpoint already there (a resumed run) is continued. `on_epoch`
     gets each epoch's end (best_so_far.onnx is exported from there), and `exports_s` of the
-    time is left to it. The model returned holds the weights to export: their EMA when the
+    time is left to it; `on_save` follows each save (a copy to the run's storage). The
+    model returned holds the weights to export: their EMA when the
     recipe keeps one."""
     torch.set_num_threads(threads)
     x = np.concatenate([dataset.x_train, dataset.x_val])
@@ -89,7 +91,8 @@ def refit(dataset: Dataset, best: TrialRecord, *, stop_at: float, device: str, t
         log.info("refit: skipped, %.1f epochs fit in the time left and the winner trained %.1f, "
                  "too few to restart its schedule; its own weights are the model",
                  epochs_planned, trained)
-        model.load_state_dict(weights(load_checkpoint(best.checkpoint, device)))
+        with readable(best.checkpoint) as where:
+            model.load_state_dict(weights(load_checkpoint(where, device)))
         return _cpu(model), RefitInfo(
             seconds_planned=round(seconds, 3), epochs_planned=round(epochs_planned, 3),
             epochs=trained, steps=0, seconds=0.0, state="kept the winning trial's weights",
@@ -98,7 +101,8 @@ def refit(dataset: Dataset, best: TrialRecord, *, stop_at: float, device: str, t
     warm = None
     if resume is None and best.checkpoint:
         try:
-            model.load_state_dict(load_checkpoint(best.checkpoint, device)["model"])
+            with readable(best.checkpoint) as where:
+                model.load_state_dict(load_checkpoint(where, device)["model"])
         except OSError as err:  # its checkpoint is gone: the refit starts afresh, and says so
             log.warning("refit: no warm start, trial %d's checkpoint is unreadable (%s)",
                         best.number, one_line(err))
@@ -108,6 +112,8 @@ def refit(dataset: Dataset, best: TrialRecord, *, stop_at: float, device: str, t
 
     def save(state: TrainState) -> None:
         save_state({**state, "plan": plan, "warm_start": warm}, checkpoint)
+        if on_save is not None:
+            on_save()
 
     start = time.time()
     final = train(model, loader, recipe, stop_at=stop_at,
