@@ -1,5 +1,6 @@
 """Benchmark: autofit on a two-node Ray cluster on loopback, with and without a node's death.
 
+    python bench/cluster.py --minutes 2 --max-params 100k        # the embedded digits: searched
     python bench/cluster.py --data <image folder> --minutes 3 --max-params 300k
 
 Three runs of the same command on the same data, in one go: (1) on this machine's own local
@@ -44,9 +45,9 @@ def one_run(name: str, args: argparse.Namespace, work: Path, env: dict[str, str]
             extra: list[str], cluster: LoopbackCluster | None = None,
             kill: bool = False) -> dict[str, Any]:
     out = work / name
-    command = [sys.executable, "-m", "autofit", "run", "--data", str(args.data), "--minutes",
-               str(args.minutes), "--max-params", args.max_params, "--out", str(out), "-q",
-               *extra]
+    data = [] if args.data is None else ["--data", str(args.data)]
+    command = [sys.executable, "-m", "autofit", "run", *data, "--minutes", str(args.minutes),
+               "--max-params", args.max_params, "--out", str(out), "-q", *extra]
     start = time.time()
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -89,10 +90,10 @@ def one_run(name: str, args: argparse.Namespace, work: Path, env: dict[str, str]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--data", type=Path, help="an image folder (default: the embedded digits)")
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--max-params", default="300k")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "cluster.json")
+    parser.add_argument("--out", type=Path, required=True, help="the JSON record to write")
     args = parser.parse_args()
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as scratch:
@@ -107,7 +108,7 @@ def main() -> int:
                                      str(work / f"{name}-shared")], cluster, kill))
                 print(json.dumps(runs[-1], indent=1), flush=True)
     return write_record(args.out, {"minutes": args.minutes, "max_params": args.max_params,
-                                   "data": str(args.data), "runs": runs})
+                                   "data": str(args.data or "embedded digits"), "runs": runs})
 
 
 if __name__ == "__main__":

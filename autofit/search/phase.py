@@ -37,7 +37,10 @@ def search_phase(ctx: RunContext, dataset: Dataset, space: SearchSpace,
         return state.search, state.plan
     cost, early = None, state.plan  # an earlier life's plan
     if early is None and ctx.budget.min_epochs > 0:  # whether to search is decided before
-        cost = probe.cost(dataset.shape, ctx.device, ctx.threads)  # Ray starts
+        # Ray starts; on a cluster, priced at the CPUs a trial and the refit get there (a
+        # 2-core driver pricing for 1-CPU nodes sized a 3-minute refit 3.9x too large)
+        cost = probe.cost(dataset.shape, ctx.device,
+                          ctx.threads if ctx.cluster is None else ctx.cluster.trial_cpus)
         early = _new_plan(ctx, dataset, cost, space, prior=space.first is not None)
     prior = None if early is None or early.searched else \
         space.first_config(dataset.shape, ctx.budget.max_params, early.cap)
