@@ -39,7 +39,7 @@ from autofit.reporting.leaderboard import write_leaderboard
 from autofit.reporting.logs import close_logger, run_logger
 from autofit.search.cluster import check_address
 from autofit.search.space import SearchSpace
-from autofit.storage import run_folder, storage_root
+from autofit.storage import REFIT, run_folder, storage_root
 from autofit.train import precision
 from autofit.train.loop import load_state, make_model, save_state, save_weights
 from autofit.train.refit import refit
@@ -233,6 +233,7 @@ def _deliver_on_cluster(ctx: RunContext, dataset: Dataset, keeper: best_so_far.B
                                                         "start_s": round(node.start_s, 3)})
             save_state(message.weights, weights)
             ctx.journal.set(refit=ctx.refit)
+            ctx.storage.delete(REFIT)  # only once the weights are here: a kill loses nothing
             ctx.start_phase("export")
         elif isinstance(message, on_cluster.Exported):
             write_atomic(ctx.run_dir / MODEL, message.onnx)

@@ -182,19 +182,21 @@ def _refit(job: Job, dataset: Dataset, send: Callable[[Message], None], storage:
             send(BestSoFarFile((scratch / best_so_far.MODEL).read_bytes(),
                                (scratch / best_so_far.RECORD).read_text()))
 
-    shared = storage.local
+    shared = storage.local  # a path every node sees: the checkpoint is written there directly
     checkpoint = shared / REFIT if shared is not None else scratch / REFIT
-    if shared is None:
+    upload = None
+    if shared is None:  # a URI: kept on this node, copied up after each save
         storage.get(REFIT, checkpoint)
+
+        def upload() -> None:
+            storage.put(checkpoint, REFIT)
+
     model, info = refit(dataset, job.best, stop_at=job.stop_at, device=job.device,
                         threads=job.threads, seed=job.seed, log=log, checkpoint=checkpoint,
-                        on_epoch=on_epoch, exports_s=exports.allowance_s,
-                        on_save=None if shared is not None else lambda: storage.put(checkpoint,
-                                                                                    REFIT))
+                        on_epoch=on_epoch, exports_s=exports.allowance_s, on_save=upload)
     info = info.model_copy(update={"exports": exports.count,
                                    "exports_s": round(exports.spent_s, 3)})
     send(RefitDone({k: v.cpu() for k, v in model.state_dict().items()}, info))
-    storage.delete(REFIT)
     return model
 
 
