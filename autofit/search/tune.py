@@ -257,14 +257,16 @@ def _new_tuner(runnable: Any, dataset: Dataset, space: SearchSpace, max_params: 
 def _outcome(grid: Any, trials: list[Any], plan: Plan, first_rung: float, storage: Storage,
              unfinished: dict[int, Found] | None = None) -> SearchOutcome:
     """Every trial's record (none when no trial ran before the deadline: the phase then
-    trains the prior); an error when every trial failed."""
+    trains the prior); an error when every trial failed. Trials that reported no score and no
+    error (a 0.5-minute run's one trial had reported only at its deadline, unevaluated) are not
+    failures: with no contender, the phase trains the prior."""
     overrun = time.time() - plan.search_deadline
     configs = {t.trial_id: t.config for t in trials}
     records = [r for r in (_record(result, plan.trial_s, configs, storage, unfinished)
                            for result in grid) if r is not None]
     outcome = SearchOutcome(records=sorted(records, key=lambda r: r.number),
                             overrun_s=round(overrun, 3), min_trained_s=first_rung)
-    if outcome.records and outcome.best.score < 0:
-        first = next((r.error for r in outcome.records if r.error), "no trial reported a result")
+    first = next((r.error for r in outcome.records if r.error), None)
+    if first is not None and outcome.best.score < 0:
         raise SearchFailed(f"every trial failed; first error: {first}", outcome)
     return outcome
