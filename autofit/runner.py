@@ -206,7 +206,7 @@ def _deliver_on_cluster(ctx: RunContext, dataset: Dataset, keeper: best_so_far.B
 
     assert ctx.outcome is not None and ctx.plan is not None and ctx.cluster is not None
     best, weights = ctx.outcome.best, ctx.run_dir / WEIGHTS
-    done = ctx.journal.state.refit is not None and weights.is_file()
+    done = _refit_finished(ctx)
     stop_at = ctx.clock.deadline - _reserve(ctx, dataset)
     record = keeper.run_dir / best_so_far.RECORD
     job = on_cluster.Job(
@@ -327,7 +327,7 @@ def _refit(ctx: RunContext, dataset: Dataset, keeper: best_so_far.BestSoFar) -> 
     it goes; a refit that finished before an interruption is read back instead."""
     assert ctx.outcome is not None and ctx.plan is not None  # the search phase came first
     best, weights = ctx.outcome.best, ctx.run_dir / WEIGHTS
-    if ctx.journal.state.refit is not None and weights.is_file():
+    if _refit_finished(ctx):
         model = make_model(best.config, dataset.shape, *dataset.mean_std)
         model.load_state_dict(load_state(weights))
         ctx.refit = ctx.journal.state.refit
@@ -347,6 +347,11 @@ def _refit(ctx: RunContext, dataset: Dataset, keeper: best_so_far.BestSoFar) -> 
     ctx.journal.set(refit=ctx.refit)
     checkpoint.unlink(missing_ok=True)
     return model
+
+
+def _refit_finished(ctx: RunContext) -> bool:
+    """Whether an earlier life finished the refit: its record and its weights are both here."""
+    return ctx.journal.state.refit is not None and (ctx.run_dir / WEIGHTS).is_file()
 
 
 def _finish(ctx: RunContext, summary: Summary) -> RunResult:
