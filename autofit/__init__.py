@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Budget", "RunResult", "load", "prepare", "resume", "run", "__version__"]
+__all__ = ["Budget", "Client", "RunResult", "load", "prepare", "resume", "run", "__version__"]
 
 if TYPE_CHECKING:
     from autofit.budget import Budget
+    from autofit.client import Client
     from autofit.data.inputs import prepare
     from autofit.deliver.predict import load
     from autofit.runner import RunResult, resume, run
@@ -20,6 +21,10 @@ def __getattr__(name: str) -> Any:
         from autofit.budget import Budget
 
         return Budget
+    if name == "Client":
+        from autofit.client import Client
+
+        return Client
     if name == "prepare":
         from autofit.data.inputs import prepare
 

@@ -14,6 +14,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
+from autofit import client_cli
 from autofit.budget import process_start_time
 from autofit.errors import AutofitError, UsageError
 
@@ -101,6 +102,8 @@ def run_command(
     s = result.summary
     val = f"val {result.val_accuracy:.4f}" if result.val_accuracy is not None else \
         "no trial reached a rung" if s.trials else "no search"
+    if s.status == "stopped":
+        val = f"stopped in the {s.stopped_phase} phase, the best model so far"
     typer.echo(f"test accuracy {result.test_accuracy:.4f} (ONNX, onnxruntime) | {val} | "
                f"{result.params:,} params | {s.trials or 0} trials | "
                f"{s.elapsed_s:.1f}s of {s.budget_s or 0:.0f}s")
@@ -157,6 +160,29 @@ def inspect_command(
         typer.echo(f"{key:<18} {shown}")
 
 
+@app.command("stop")
+def stop_command(
+    run_dir: Annotated[Path, typer.Argument(help="the run directory of a live run")],
+) -> None:
+    """Stop a run now and keep its best model: within seconds it scores the best model it has
+    exported, writes the summary (status stopped) and the report. A run that is not live acts
+    on it when resumed."""
+    from autofit import stopping
+    from autofit.reporting import run_files
+
+    if not run_files.is_run(run_dir):
+        typer.echo(f"autofit: error: {run_dir} is not an autofit run directory (no "
+                   "journal.json or summary.json)", err=True)
+        raise typer.Exit(2)
+    status = run_files.read(run_dir).status
+    if status in ("finished", "failed", "stopped"):
+        typer.echo(f"autofit: error: the run in {run_dir} already {status}", err=True)
+        raise typer.Exit(2)
+    stopping.request(run_dir, by="autofit stop")
+    typer.echo(f"asked the run in {run_dir} to stop ({status}); its summary will say "
+               f"status stopped")
+
+
 @app.command("report")
 def report_command(
     run_dir: Annotated[Path, typer.Argument(help="a run directory (finished, failed or "
@@ -200,6 +226,39 @@ def runs_command(
         typer.echo(f"no autofit runs in {where}")
     else:
         typer.echo(table(found))
+
+
+@app.command("serve")
+def serve_command(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    root: Annotated[Path | None, typer.Option(
+        help="the service's state: its database, datasets and runs [default: "
+             "$AUTOFIT_HOME/serve]")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray-address", help="queue runs on this Ray cluster, HOST:6379 [default: a local Ray "
+                              "the server starts]")] = None,
+    storage: Annotated[str | None, typer.Option(
+        help="each run's --storage: a path every Ray node mounts, or a URI (needed on a "
+             "cluster of more than one node)")] = None,
+    max_upload: Annotated[str, typer.Option(
+        "--max-upload", help="largest dataset upload, e.g. 2G or 500M; an archive may expand "
+                             "to 4 times this")] = "2G",
+) -> None:
+    """Serve the HTTP API (/docs) and the page (/): upload datasets, queue runs on Ray."""
+    from autofit.service.server import serve
+
+    try:
+        serve(host=host, port=port, root=root, ray_address=ray_address, storage=storage,
+              max_upload=max_upload)
+    except AutofitError as err:
+        typer.echo(f"autofit: error: {err}", err=True)
+        raise typer.Exit(err.exit_code) from None
+
+
+app.command("submit")(client_cli.submit_command)
+app.command("status")(client_cli.status_command)
+app.command("fetch")(client_cli.fetch_command)
 
 
 @app.command("budgets")

@@ -19,6 +19,7 @@ from autofit.records import ExportInfo, RefitInfo, SearchOutcome, TestResult
 from autofit.storage import Storage
 
 if TYPE_CHECKING:
+    from autofit.data.dataset import Dataset
     from autofit.search.cluster import Workers
 
 
@@ -37,6 +38,7 @@ class RunContext:
     export: ExportInfo | None = None
     test: TestResult | None = None
     cluster: Workers | None = None  # a run on a cluster: Ray, held from the search to the test
+    dataset: Dataset | None = None  # once loaded: what a stopped run scores its best model on
 
     @property
     def args(self) -> RunArgs:

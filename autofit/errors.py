@@ -42,6 +42,16 @@ class Interrupted(AutofitError):
     exit_code = 130
 
 
+class StopRequested(BaseException):  # noqa: N818 - a request, as KeyboardInterrupt is
+    """Raised in the main thread when a run is asked to stop and keep its best model; a
+    BaseException, as KeyboardInterrupt is, so that no library's `except Exception` swallows it
+    on its way out of Ray Tune or the training loop."""
+
+
+class Stopped(AutofitError):
+    """A run stopped on request before it had exported any model: nothing to score."""
+
+
 class ExportError(AutofitError):
     """The exported ONNX model failed verification against PyTorch."""
 

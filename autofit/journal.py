@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
@@ -50,8 +50,8 @@ class Journal:
             state = JournalState.parse(path.read_bytes())
         except (OSError, ValueError) as err:
             raise UsageError(f"--resume {run_dir}: {FILE} is unreadable: {one_line(err)}") from None
-        if state.status == "finished":
-            raise UsageError(f"--resume {run_dir}: the run already finished; see "
+        if state.status in ("finished", "stopped"):
+            raise UsageError(f"--resume {run_dir}: the run already {state.status}; see "
                              f"{run_dir / 'summary.json'}")
         return cls(run_dir, state)
 
@@ -67,8 +67,10 @@ class Journal:
             self.state.write(self.path)
 
     @contextmanager
-    def heartbeat(self, clock: Clock) -> Iterator[None]:
-        """Record the budget used, every second, until the block ends (and once more then)."""
+    def heartbeat(self, clock: Clock, on_beat: Callable[[], None] | None = None
+                  ) -> Iterator[None]:
+        """Record the budget used, every second, until the block ends (and once more then);
+        `on_beat` runs after each record (the run's stop switch looks for a request)."""
         self.set(lives=[*self.state.lives, Life(started_at=clock.started_at,
                                                 spent_before=clock.spent_before)])
         stop = threading.Event()
@@ -80,6 +82,8 @@ class Journal:
         def beat() -> None:
             while not stop.wait(HEARTBEAT_S):
                 record()
+                if on_beat is not None:
+                    on_beat()
 
         thread = threading.Thread(target=beat, name="autofit-journal", daemon=True)
         thread.start()

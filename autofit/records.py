@@ -281,10 +281,11 @@ class BudgetFacts(Record):
 class Summary(Versioned):
     """`summary.json`: a finished run's results, or why a failed one stopped."""
 
-    status: Literal["finished", "failed"]
+    status: Literal["finished", "failed", "stopped"]  # stopped: on request, with its best model
     elapsed_s: float  # budget seconds used, every life of a resumed run together
     phases: dict[str, float] = {}  # budget seconds per phase
     best_so_far: BestSoFarRecord | None = None
+    stopped_phase: str | None = None  # a stopped run: the phase it was in
     # a failed run
     failed_phase: str | None = None
     error: str | None = None
@@ -338,7 +339,8 @@ class JournalState(Versioned):
     model_config = ConfigDict(validate_assignment=True)
 
     args: RunArgs
-    status: Literal["running", "tested", "finished"] = "running"  # tested: only the report left
+    # tested: only the report left; stopped: on request, its best model scored and reported
+    status: Literal["running", "tested", "finished", "stopped"] = "running"
     spent: dict[str, float] = {}  # budget seconds per phase
     lives: list[Life] = []
     phase: str | None = None

@@ -10,42 +10,41 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import time
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from autofit import __version__, events, faults
-from autofit.budget import Budget, Clock, final_reserve
+from autofit import __version__, delivery, events, faults, stopping
+from autofit.budget import Budget, Clock
 from autofit.config import RunArgs, TrialConfig
 from autofit.context import RunContext
 from autofit.data import pipeline
 from autofit.data.dataset import Dataset, load
 from autofit.data.sources import NAMED
 from autofit.deliver import best as best_so_far
-from autofit.deliver.evaluate import Score, score_onnx, test_pass_speed
-from autofit.deliver.export import export_onnx, model_metadata
-from autofit.deliver.refit_exports import RefitExports
+from autofit.deliver.export import model_metadata
 from autofit.environment import scoped_environment
-from autofit.errors import AutofitError, Interrupted, SearchFailed, UsageError
-from autofit.files import write_atomic
+from autofit.errors import (
+    AutofitError,
+    Interrupted,
+    SearchFailed,
+    Stopped,
+    StopRequested,
+    UsageError,
+)
 from autofit.journal import Journal, prepare_run_dir
-from autofit.models import Classifier
 from autofit.presets import preset
-from autofit.records import ExportInfo, Summary
+from autofit.records import Summary
 from autofit.reporting import summary as summaries
 from autofit.reporting.leaderboard import write_leaderboard
 from autofit.reporting.logs import close_logger, run_logger
 from autofit.search.cluster import check_address
 from autofit.search.space import SearchSpace
-from autofit.storage import REFIT, run_folder, storage_root
+from autofit.stopping import StopSwitch
+from autofit.storage import run_folder, storage_root
 from autofit.train import precision
-from autofit.train.loop import load_state, make_model, save_state, save_weights
-from autofit.train.refit import refit
 
 LEADERBOARD = "leaderboard.csv"
-MODEL, WEIGHTS, REFIT_STATE = "model.onnx", "model.pt", "refit.pt"
 
 
 @dataclass
@@ -122,15 +121,22 @@ def _execute(journal: Journal, started_at: float | None, quiet: bool) -> RunResu
     clock = Clock(budget_s, started_at, spent=journal.state.spent)
     ctx = RunContext(journal, clock, run_logger(journal.run_dir, clock, budget_s, quiet),
                      threads=os.cpu_count() or 1)
+    switch = StopSwitch(journal.run_dir)
     try:
-        with journal.heartbeat(clock), scoped_environment():
-            if journal.state.status == "tested":
-                return _report_only(ctx)
-            return _run(ctx)
+        with journal.heartbeat(clock, on_beat=switch.poll), scoped_environment(), \
+                switch.active():
+            try:
+                if journal.state.status == "tested":
+                    return _report_only(ctx)
+                return _run(ctx)
+            except StopRequested:
+                return _stopped(ctx)
     except SearchFailed as err:
         write_leaderboard(ctx.run_dir / LEADERBOARD, err.outcome.records)
         _record_failure(ctx, "search", err)
         raise
+    except Stopped:
+        raise  # its summary says so: stopped on request, before any model was exported
     except AutofitError as err:
         _record_failure(ctx, clock.phase, err)
         raise
@@ -154,7 +160,8 @@ def _record_failure(ctx: RunContext, phase: str, err: AutofitError) -> None:
 def _run(ctx: RunContext) -> RunResult:
     _say_start(ctx)
     space = SearchSpace.load(Path(ctx.args.space))
-    dataset = _setup(ctx, space)
+    dataset = ctx.dataset = _setup(ctx, space)
+    stopping.check()  # from here a stop request has test images to score the best model on
     metadata = model_metadata(dataset, ctx.budget)
     keeper = best_so_far.BestSoFar(ctx.run_dir, dataset.shape, *dataset.mean_std,
                                    images=dataset.x_val[:best_so_far.PARITY_IMAGES],
@@ -165,114 +172,19 @@ def _run(ctx: RunContext) -> RunResult:
         if ctx.args.ray_address:  # on a cluster, Ray stays up: the refit and export run there
             ctx.cluster = stack.enter_context(ray_for(ctx, dataset, space))
         ctx.outcome, ctx.plan = search_phase(ctx, dataset, space, keeper)
+        stopping.check()
         write_leaderboard(ctx.run_dir / LEADERBOARD, ctx.outcome.records)
         ctx.start_phase("refit")
         if ctx.cluster is None:
-            _deliver_here(ctx, dataset, keeper, metadata)
+            delivery.deliver_here(ctx, dataset, keeper, metadata)
         else:
-            _deliver_on_cluster(ctx, dataset, keeper, metadata)
+            delivery.deliver_on_cluster(ctx, dataset, keeper, metadata)
 
     ctx.start_phase("report")
     summary = summaries.finished(ctx, dataset, space.source)
     summaries.write(summary, ctx.run_dir)
     ctx.journal.set(status="tested")
     return _finish(ctx, summary)
-
-
-def _deliver_here(ctx: RunContext, dataset: Dataset, keeper: best_so_far.BestSoFar,
-                  metadata: dict[str, Any]) -> None:
-    """Refit, export and test in this process."""
-    model = _refit(ctx, dataset, keeper)
-    ctx.start_phase("export")
-    model_path = ctx.run_dir / MODEL
-    try:
-        faults.check_export()
-        export = export_onnx(model, model_path, dataset.x_test, _model_metadata(ctx, metadata),
-                             ctx.threads)
-    except OSError as err:
-        raise AutofitError(f"cannot write {model_path}: {err.strerror or err}; "
-                           f"the refit weights are in {ctx.run_dir / WEIGHTS}") from None
-    _exported(ctx, export)
-    ctx.start_phase("evaluate")
-    _tested(ctx, dataset, score_onnx(model_path, dataset.x_test, dataset.y_test, ctx.threads,
-                                     len(dataset.classes)))
-
-
-def _deliver_on_cluster(ctx: RunContext, dataset: Dataset, keeper: best_so_far.BestSoFar,
-                        metadata: dict[str, Any]) -> None:
-    """Refit, export and test as Ray work on a node of the cluster (deliver/on_cluster.py);
-    the run directory gets what this process gets back, as it comes."""
-    from autofit.deliver import on_cluster
-
-    assert ctx.outcome is not None and ctx.plan is not None and ctx.cluster is not None
-    best, weights = ctx.outcome.best, ctx.run_dir / WEIGHTS
-    done = _refit_finished(ctx)
-    stop_at = ctx.clock.deadline - _reserve(ctx, dataset)
-    record = keeper.run_dir / best_so_far.RECORD
-    job = on_cluster.Job(
-        best=best, stop_at=stop_at, storage=ctx.storage.root, device=ctx.device,
-        threads=ctx.cluster.trial_cpus, seed=ctx.seed, budget_s=ctx.budget.seconds,
-        metadata=_model_metadata(ctx, metadata), keeper_metadata=keeper.metadata,
-        best_record=record.read_text() if record.is_file() else None,
-        weights=load_state(weights) if done else None, submitted_at=time.time())
-    node = on_cluster.Started(node="", start_s=0.0)
-    if done:
-        ctx.refit = ctx.journal.state.refit
-        ctx.log.info("refit: done before the interruption; weights from %s", weights)
-        ctx.start_phase("export")
-    for message in on_cluster.deliver(job, dataset, ctx.run_dir, cpus=ctx.cluster.trial_cpus,
-                                      gpus=1 if ctx.cluster.trial_gpus else 0,
-                                      deadline=ctx.clock.deadline, log=ctx.log):
-        if isinstance(message, on_cluster.Started):
-            node = message
-            ctx.log.info("cluster: the %s runs on node %s, started %.1fs after it was asked for",
-                         "export and test pass" if done else "refit, export and test pass",
-                         node.node, node.start_s)
-        elif isinstance(message, on_cluster.RefitDone):
-            ctx.refit = message.info.model_copy(update={"node": node.node,
-                                                        "start_s": round(node.start_s, 3)})
-            save_state(message.weights, weights)
-            ctx.journal.set(refit=ctx.refit)
-            ctx.storage.delete(REFIT)  # only once the weights are here: a kill loses nothing
-            ctx.start_phase("export")
-        elif isinstance(message, on_cluster.Exported):
-            write_atomic(ctx.run_dir / MODEL, message.onnx)
-            _exported(ctx, message.info.model_copy(update={"path": str(ctx.run_dir / MODEL)}))
-            ctx.start_phase("evaluate")
-        elif isinstance(message, on_cluster.Tested):
-            _tested(ctx, dataset, message.score)
-    if ctx.test is None:
-        raise AutofitError("the refit and export on the cluster ended without a test score")
-
-
-def _model_metadata(ctx: RunContext, metadata: dict[str, Any]) -> dict[str, Any]:
-    """model.onnx's metadata: the run's, with the winner's size and validation accuracy."""
-    assert ctx.outcome is not None
-    return {**metadata, "params": ctx.outcome.best.config.params,
-            "val_accuracy": ctx.outcome.val_accuracy}
-
-
-def _exported(ctx: RunContext, export: ExportInfo) -> None:
-    ctx.export = export
-    ctx.log.info("export: %s (%s exporter, opset %d), onnxruntime matches PyTorch to %.1e",
-                 export.path, export.exporter, export.opset, export.parity_max_abs_diff)
-
-
-def _tested(ctx: RunContext, dataset: Dataset, score: Score) -> None:
-    ctx.test = score.result(dataset.classes)
-    events.emit(ctx.log, "test", "test accuracy (ONNX, onnxruntime): %.4f on %d images",
-                score.accuracy, len(dataset.y_test), accuracy=score.accuracy,
-                images=len(dataset.y_test))
-
-
-def _reserve(ctx: RunContext, dataset: Dataset) -> float:
-    """Seconds kept after the refit for export, the test pass and the report, said."""
-    assert ctx.outcome is not None and ctx.plan is not None
-    speed = test_pass_speed(ctx.run_dir, ctx.outcome.best, dataset, ctx.threads, ctx.plan.cost)
-    reserve = final_reserve(len(dataset.y_test), speed)
-    ctx.log.info("refit: %.1fs kept for export, the test pass (%.0f images/s) and the report",
-                 reserve, speed)
-    return reserve
 
 
 def _say_start(ctx: RunContext) -> None:
@@ -322,38 +234,6 @@ def _setup(ctx: RunContext, space: SearchSpace) -> Dataset:
     return dataset
 
 
-def _refit(ctx: RunContext, dataset: Dataset, keeper: best_so_far.BestSoFar) -> Classifier:
-    """The winner trained on train+val until the final reserve, exporting best_so_far.onnx as
-    it goes; a refit that finished before an interruption is read back instead."""
-    assert ctx.outcome is not None and ctx.plan is not None  # the search phase came first
-    best, weights = ctx.outcome.best, ctx.run_dir / WEIGHTS
-    if _refit_finished(ctx):
-        model = make_model(best.config, dataset.shape, *dataset.mean_std)
-        model.load_state_dict(load_state(weights))
-        ctx.refit = ctx.journal.state.refit
-        ctx.log.info("refit: done before the interruption; weights from %s", weights)
-        return model.eval()
-    checkpoint, stop_at = ctx.run_dir / REFIT_STATE, ctx.clock.deadline - _reserve(ctx, dataset)
-    exports = RefitExports.make(keeper, best.config, best.number, dataset.x_val, dataset.y_val,
-                                len(dataset.classes), refit_s=max(stop_at - time.time(), 0.0),
-                                budget_s=ctx.budget.seconds, log=ctx.log)
-    model, ctx.refit = refit(dataset, best, stop_at=stop_at, device=ctx.device,
-                             threads=ctx.threads, seed=ctx.seed, log=ctx.log,
-                             checkpoint=checkpoint, on_epoch=exports,
-                             exports_s=exports.allowance_s)
-    ctx.refit = ctx.refit.model_copy(update={"exports": exports.count,
-                                             "exports_s": round(exports.spent_s, 3)})
-    save_weights(model, weights)
-    ctx.journal.set(refit=ctx.refit)
-    checkpoint.unlink(missing_ok=True)
-    return model
-
-
-def _refit_finished(ctx: RunContext) -> bool:
-    """Whether an earlier life finished the refit: its record and its weights are both here."""
-    return ctx.journal.state.refit is not None and (ctx.run_dir / WEIGHTS).is_file()
-
-
 def _finish(ctx: RunContext, summary: Summary) -> RunResult:
     """Render the report and close the run. The scored summary is on disk before this, so a
     run killed here resumes into this step alone, with no data to load or model to retrain."""
@@ -366,15 +246,23 @@ def _finish(ctx: RunContext, summary: Summary) -> RunResult:
         "lives": ctx.journal.state.lives})
     with suppress(OSError):  # the first write stands
         summaries.write(summary, ctx.run_dir)
-    ctx.journal.set(status="finished")
-    events.emit(ctx.log, "done", "done in %.1fs of %.1fs: %s", summary.elapsed_s,
+    ctx.journal.set(status=summary.status)
+    events.emit(ctx.log, "done", "%s in %.1fs of %.1fs: %s",
+                "done" if summary.status == "finished" else summary.status, summary.elapsed_s,
                 summary.budget_s, ctx.run_dir, elapsed_s=summary.elapsed_s,
-                test_accuracy=summary.test_accuracy)
+                test_accuracy=summary.test_accuracy, status=summary.status)
     assert summary.test_accuracy is not None and summary.params is not None
     assert summary.best_config is not None
-    return RunResult(run_dir=ctx.run_dir, model_path=ctx.run_dir / MODEL,
+    return RunResult(run_dir=ctx.run_dir, model_path=ctx.run_dir / delivery.MODEL,
                      test_accuracy=summary.test_accuracy, val_accuracy=summary.val_accuracy,
                      params=summary.params, best_config=summary.best_config, summary=summary)
+
+
+def _stopped(ctx: RunContext) -> RunResult:
+    """A stop request: the best model exported so far, scored, summarised and reported."""
+    summary = delivery.stopped(ctx)
+    ctx.start_phase("report")
+    return _finish(ctx, summary)
 
 
 def _start_fields(ctx: RunContext, budget_s: float, max_params: int) -> dict[str, object]:
@@ -389,7 +277,7 @@ def _report_only(ctx: RunContext) -> RunResult:
     summary = Summary.read(path)
     if summary is None or summary.status != "finished":
         raise AutofitError(f"--resume {ctx.run_dir}: {path} is unreadable; the model is "
-                           f"{ctx.run_dir / MODEL}")
+                           f"{ctx.run_dir / delivery.MODEL}")
     events.emit(ctx.log, "start", "autofit %s: resuming %s after its test pass; rendering the "
                 "report", __version__, ctx.run_dir,
                 **_start_fields(ctx, ctx.budget.seconds, ctx.budget.max_params))

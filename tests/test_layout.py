@@ -8,15 +8,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import autofit
 
 PACKAGE = Path(autofit.__file__).parent
 # Each layer may import from itself and the layers after it, never from one before it.
-LAYERS = [{"cli", "__main__"}, {"runner"}, {"reporting", "search"}, {"deliver"}, {"train"},
+LAYERS = [{"cli", "__main__", "client_cli", "client", "client_models"},
+          {"service"}, {"runner", "delivery"}, {"reporting", "search"}, {"deliver"}, {"train"},
           {"data"}, {"models"},
           {"context"}, {"journal", "events"}, {"records"}, {"config"}, {"budget", "presets",
                                                                        "faults"},
-          {"files", "errors", "environment", "storage"}]
+          {"files", "errors", "environment", "storage", "stopping"}]
 MAX_LINES = 400
 
 
@@ -65,11 +68,17 @@ def test_no_module_is_over_400_lines():
     assert not long, long
 
 
-def test_reading_a_runs_records_imports_neither_torch_nor_ray():
-    code = ("import sys\n"
-            "from autofit.records import JournalState, Summary, TrialRecord\n"
-            "from autofit.reporting import run_files, run_table\n"
-            "print(sorted(m for m in ('torch', 'ray', 'nvidia.dali') if m in sys.modules))")
+@pytest.mark.parametrize(("imports", "heavy"), [
+    # a service or a report reads a run's files without torch or Ray
+    ("from autofit.records import JournalState, Summary, TrialRecord\n"
+     "from autofit.reporting import run_files, run_table", ("torch", "ray", "nvidia")),
+    # a user's script talks to `autofit serve` with the client alone
+    ("import autofit\nautofit.Client\nimport autofit.client",
+     ("torch", "ray", "nvidia", "fastapi", "onnxruntime", "autofit.service")),
+], ids=["records", "client"])
+def test_light_entry_points_import_no_heavy_library(imports: str, heavy: tuple[str, ...]):
+    code = (f"import sys\n{imports}\n"
+            f"print(sorted(m for m in sys.modules if m.startswith({heavy!r})))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=True)
     assert proc.stdout.strip() == "[]"

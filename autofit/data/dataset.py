@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from autofit.data import pipeline, sources
-from autofit.data.decoder import decode_room, printable
+from autofit.data.decoder import decode_room
 from autofit.data.discover import (
     MAX_VAL,
     TEST_FRACTION,
@@ -29,14 +29,16 @@ from autofit.data.discover import (
     Found,
     discover,
     stratified_split,
+    too_many_unreadable,
+    unreadable_allowance,
 )
 from autofit.data.images import ImageInfo
 from autofit.errors import DataError, UnreadableData
+from autofit.files import printable
 from autofit.models import DataShape
 from autofit.records import DataFacts, DataFingerprint, FileIssue
 
 MAX_SIDE = 128  # the largest side a run trains at; larger images are scaled down
-MAX_UNREADABLE = 0.01  # the share of unreadable images a run skips rather than refuses
 
 
 class Resolution(NamedTuple):
@@ -137,17 +139,6 @@ def _check_room(root: Path, count: int, res: Resolution) -> None:
                         "(half the available memory, at most the free space in /dev/shm)")
 
 
-def _allowance(total: int) -> int:
-    """How many unreadable images a run skips before it refuses the data."""
-    return int(total * MAX_UNREADABLE)
-
-
-def _too_many(bad: list[tuple[str, str]], total: int) -> UnreadableData:
-    return UnreadableData(
-        f"{len(bad):,} of {total:,} images cannot be read ({len(bad) / max(total, 1):.1%}, "
-        f"over the {MAX_UNREADABLE:.0%} autofit skips); the first: {bad[0][1]}", bad)
-
-
 def load(source: str | Path | None, seed: int, threads: int,
          check: Callable[[DataShape], None] | None = None,
          path: pipeline.DataPath | None = None, data_root: Path | None = None) -> Dataset:
@@ -177,8 +168,8 @@ def _from_files(root: Path, seed: int, threads: int, check: Callable[[DataShape]
     found = Found()
     classes, train, test, test_source = discover(root, seed, found)
     total = len(train.files) + len(test.files) + len(found.skipped)
-    if len(found.skipped) > _allowance(total):
-        raise _too_many(found.skipped, total)
+    if len(found.skipped) > unreadable_allowance(total):
+        raise too_many_unreadable(found.skipped, total)
     res = resolution(found.infos)
     if check is not None:
         check(DataShape(res.channels, res.height, res.width, len(classes)))
@@ -189,10 +180,10 @@ def _from_files(root: Path, seed: int, threads: int, check: Callable[[DataShape]
             (i.height, i.width) == (res.height, res.width) for i in found.infos)  # square:
         # an EXIF rotation, which the decoder applies, cannot change its size
         pixels, bad = pipeline.decode(path, files, res.height, res.width, res.channels, threads,
-                                      max_bad=_allowance(total) - len(found.skipped),
+                                      max_bad=unreadable_allowance(total) - len(found.skipped),
                                       resize=not sized)
     except UnreadableData as err:
-        raise _too_many(found.skipped + err.bad, total) from None
+        raise too_many_unreadable(found.skipped + err.bad, total) from None
     found.skipped += bad
     keep = np.ones(len(files), dtype=bool)
     keep[[files.index(f) for f, _ in bad]] = False

@@ -27,25 +27,11 @@ import numpy as np
 import psutil
 
 from autofit.errors import DataError, UnreadableData, one_line
+from autofit.files import printable
 
 DECODE_BATCH = 256
 SHM_DIR = "/dev/shm"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # DALI colours its log lines
-
-
-def printable(path: object) -> str:
-    """A path as one line of text: control characters (a newline in a file name) and bytes
-    that are not UTF-8 are escaped; spaces and non-ASCII letters are kept as they are."""
-    text = str(path)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else _escape(c) for c in text)
-
-
-def _escape(char: str) -> str:
-    if "\udc80" <= char <= "\udcff":  # a byte that was not UTF-8 (surrogateescape)
-        return f"\\x{ord(char) - 0xDC00:02x}"
-    return ascii(char)[1:-1]
 
 
 @contextmanager

@@ -12,13 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from autofit.data import sources
-from autofit.data.decoder import printable
 from autofit.data.images import ImageInfo, check_image_file
-from autofit.errors import DataError
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff",
-                            ".webp"})
-
+from autofit.errors import DataError, UnreadableData
+from autofit.files import IMAGE_SUFFIXES, printable
 
 TEST_FRACTION = 0.2
 
@@ -44,6 +40,20 @@ class Found:
     infos: list[ImageInfo] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # unreadable: (file, reason)
     ignored: list[tuple[str, str]] = field(default_factory=list)  # not images: (file, reason)
+
+
+MAX_UNREADABLE = 0.01  # the share of unreadable images a run skips rather than refuses
+
+
+def unreadable_allowance(total: int) -> int:
+    """How many unreadable images a run skips before it refuses the data."""
+    return int(total * MAX_UNREADABLE)
+
+
+def too_many_unreadable(bad: list[tuple[str, str]], total: int) -> UnreadableData:
+    return UnreadableData(
+        f"{len(bad):,} of {total:,} images cannot be read ({len(bad) / max(total, 1):.1%}, "
+        f"over the {MAX_UNREADABLE:.0%} autofit skips); the first: {bad[0][1]}", bad)
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int,

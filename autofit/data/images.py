@@ -9,8 +9,9 @@ from typing import BinaryIO, NamedTuple
 
 from PIL import Image
 
-from autofit.data.decoder import printable, quiet_pil
+from autofit.data.decoder import quiet_pil
 from autofit.errors import DataError, one_line
+from autofit.files import printable
 
 HEAD_BYTES = 26  # through a PNG's IHDR colour type
 

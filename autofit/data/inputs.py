@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from autofit.data import pipeline
-from autofit.data.decoder import printable
 from autofit.errors import UsageError
+from autofit.files import printable
 
 
 def read_model(model_path: str | Path) -> tuple[Any, dict[str, Any]]:

@@ -24,8 +24,8 @@ from zipfile import BadZipFile
 import numpy as np
 
 from autofit.data import plaindata
-from autofit.data.decoder import printable
 from autofit.errors import DataError, one_line
+from autofit.files import printable
 
 T = TypeVar("T")
 NAMED: tuple[str, ...] = ("cifar10", "cifar100", "mnist", "fashion-mnist")

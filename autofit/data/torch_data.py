@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from autofit.data.batches import Batches
-from autofit.data.decoder import printable, quiet_pil
+from autofit.data.decoder import quiet_pil
 from autofit.errors import UnreadableData, one_line
+from autofit.files import printable
 
 __all__ = ["TorchBatchLoader", "decode"]
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autofit import events
+from autofit import events, stopping
 from autofit.data.dataset import Dataset
 from autofit.deliver import best as best_so_far
 from autofit.deliver.evaluate import Score, score_onnx
@@ -184,6 +184,7 @@ def _refit(job: Job, dataset: Dataset, send: Callable[[Message], None], storage:
 
     shared = storage.local  # a path every node sees: the checkpoint is written there directly
     checkpoint = shared / REFIT if shared is not None else scratch / REFIT
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)  # no search, no Tune: no folder yet
     upload = None
     if shared is None:  # a URI: kept on this node, copied up after each save
         storage.get(REFIT, checkpoint)
@@ -213,6 +214,7 @@ def deliver(job: Job, dataset: Dataset, run_dir: Path, *, cpus: int, gpus: float
     stream = task.remote(job, ray.put(dataset), str(run_dir))
     try:
         while True:
+            stopping.check()  # the driver stops waiting; the task is cancelled below
             if not ray.wait([stream], timeout=WAIT_S)[0]:
                 if time.time() > deadline:
                     raise AutofitError("the refit and export on the cluster were still running "

@@ -15,11 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from autofit.data.decoder import printable
-from autofit.data.discover import IMAGE_SUFFIXES
 from autofit.data.inputs import as_input, read_model
 from autofit.deliver.export import ort_session
 from autofit.errors import DataError
+from autofit.files import image_files
 from autofit.records import Summary
 
 LATENCY_RUNS = 50
@@ -112,16 +111,7 @@ def load(path: str | Path, threads: int = 1) -> Model:
 
 def expand(images: Sequence[str | Path]) -> list[Path]:
     """Image files as given, folders replaced by the image files in them (sorted)."""
-    files: list[Path] = []
-    for item in map(Path, images):
-        if item.is_dir():
-            files += sorted(p for p in item.rglob("*")
-                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise DataError(f"{printable(item)} does not exist")
-    if not files:
-        raise DataError(f"no image files in {', '.join(map(printable, images))}")
-    return files
-
+    try:
+        return image_files(images)
+    except ValueError as err:
+        raise DataError(str(err)) from None

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from ray import tune
 
-from autofit import events, faults
+from autofit import events, faults, stopping
 from autofit.budget import Plan
 from autofit.config import TrialConfig
 from autofit.data.dataset import Dataset
@@ -246,12 +246,23 @@ def _new_tuner(runnable: Any, dataset: Dataset, space: SearchSpace, max_params: 
         ),
         run_config=tune.RunConfig(
             name=EXPERIMENT, storage_path=storage.root, verbose=0,
-            callbacks=[callback],
+            callbacks=[callback], stop=StopOnRequest(),
             # one checkpoint per trial on disk; a kill between Tune's deleting the previous
             # one and its next snapshot is repaired at resume (autofit/search/checkpoints.py)
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
+
+
+class StopOnRequest(tune.Stopper):
+    """Ends every trial when the run is asked to stop (autofit/stopping.py): Tune then returns
+    what the trials had, and the run keeps its best model."""
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return stopping.pending()
 
 
 def _outcome(grid: Any, trials: list[Any], plan: Plan, first_rung: float, storage: Storage,

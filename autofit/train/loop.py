@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autofit import models
+from autofit import models, stopping
 from autofit.config import Recipe, TrialConfig
 from autofit.data.pipeline import Loader
 from autofit.models import Classifier, DataShape
@@ -209,6 +209,7 @@ def train(model: nn.Module, loader: Loader, recipe: Recipe, *, stop_at: float,
             if time.time() + step_s + eval_reserve() >= stop_at:  # no step may end late
                 state = "deadline"
                 break
+            stopping.check()  # the run was asked to stop: its best model is kept instead
             for group in opt.param_groups:
                 group["lr"] = peak * c.lr_scale * optim.lr_factor(progress(), recipe.schedule)
             try:
