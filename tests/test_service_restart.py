@@ -87,5 +87,6 @@ def test_a_killed_server_loses_nothing(tmp_path: Path):
             assert client.get(f"/v1/runs/{second}").json()["position"] == 1
     finally:
         server.stop()
+    assert server.proc.returncode == 0  # SIGTERM: a clean shutdown
     assert _processes_under(root) == []
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -103,5 +104,10 @@ def serve(host: str = "127.0.0.1", port: int = 8000, root: Path | None = None,
     app = create_app(service)
     app.router.lifespan_context = lifespan
     log.info("serving http://%s:%d (API docs at /docs)", host, port)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
-    db.close()
+    # uvicorn shuts down on SIGTERM, then re-raises it to the handler before its own: Ray's
+    # driver handler would exit with status 15, so a requested shutdown exits 0 instead
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        db.close()
