@@ -82,6 +82,9 @@ def test_a_killed_server_loses_nothing(tmp_path: Path):
             assert resumed["test_accuracy"] is not None
             assert {name: _sha(root / "runs" / done / name) for name in kept} == kept
             assert client.get(f"/v1/runs/{done}/model.onnx").status_code == 200
+            print(f"\nkilled at {before['used_s']:.1f}s used of 72s; resumed: "
+                  f"{summary['resumes']} resume, {resumed['used_s']:.1f}s used, test accuracy "
+                  f"{resumed['test_accuracy']:.4f}; queue kept: {first} then {second}")
 
             ss.wait_for(server, first, ("running", "finished"), 60)
             assert client.get(f"/v1/runs/{second}").json()["position"] == 1
