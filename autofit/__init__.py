@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Budget", "Client", "RunResult", "load", "prepare", "resume", "run", "__version__"]
+__all__ = ["Budget", "Client", "RunResult", "extend", "load", "prepare", "resume", "run",
+           "__version__"]
 
 if TYPE_CHECKING:
     from autofit.budget import Budget
     from autofit.client import Client
     from autofit.data.inputs import prepare
     from autofit.deliver.predict import load
-    from autofit.runner import RunResult, resume, run
+    from autofit.runner import RunResult, extend, resume, run
 
 
 def __getattr__(name: str) -> Any:
@@ -33,7 +34,7 @@ def __getattr__(name: str) -> Any:
         from autofit.deliver.predict import load
 
         return load
-    if name in {"run", "resume", "RunResult"}:
+    if name in {"run", "resume", "extend", "RunResult"}:
         from autofit import runner
 
         return getattr(runner, name)

@@ -11,12 +11,14 @@ import os
 import re
 import time
 from pathlib import Path
+from typing import Literal
 
 import psutil
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from autofit.errors import UsageError, one_line
+from autofit.latency_budget import LatencyCap, LatencyModel, LatencyMs, latency_reserve
 
 MAX_MINUTES = 7 * 24 * 60
 MIN_MINUTES = 0.25  # start-up alone (imports, Ray) takes seconds; below this nothing can train
@@ -68,6 +70,11 @@ class Budget(BaseModel):
         description="with search_share auto and a space with a first: prior, the search is "
                     "skipped, and the prior trains for all the time, when its first ASHA rung "
                     "would train fewer epochs than this (0: always search)")
+    max_latency_ms: LatencyMs = None  # the exported model's batch-1 ms here (latency_budget.py)
+    quantize: Literal["int8"] | None = Field(
+        default=None,
+        description="int8: also write model.int8.onnx, statically quantized and verified "
+                    "against model.onnx (autofit/deliver/quantize.py); its time is planned")
 
     @field_validator("minutes", mode="before")
     @classmethod
@@ -87,6 +94,13 @@ class Budget(BaseModel):
     @classmethod
     def _share(cls, value: object) -> object:
         return None if value == "auto" else value
+
+    @field_validator("quantize", mode="before")
+    @classmethod
+    def _quantize(cls, value: object) -> object:
+        if value is not None and value != "int8":
+            raise UsageError(f"--quantize must be int8 (or left out), not {value!r}")
+        return value
 
     @field_validator("max_params", mode="before")
     @classmethod
@@ -205,8 +219,8 @@ class Cost(BaseModel):
     s_per_act: float
     reference_s: float  # the larger probe model's measured seconds per image: a mid-size net
 
-    def seconds(self, work: tuple[int, int]) -> float:
-        macs, acts = work
+    def seconds(self, work: tuple[int, ...]) -> float:
+        macs, acts = work[:2]
         return self.s_per_mac * macs + self.s_per_act * acts
 
 
@@ -217,10 +231,13 @@ class ComputeCap(BaseModel):
 
     cost: Cost
     max_image_s: float
+    latency: LatencyCap | None = None  # --max-latency-ms: a hard cap, unlike the compute cap
 
-    def allows(self, work: tuple[int, int]) -> bool:
-        """Whether a model doing this (MACs, activations) per image is cheap enough."""
-        return self.cost.seconds(work) <= self.max_image_s
+    def allows(self, work: tuple[int, ...]) -> bool:
+        """Whether a model doing this (MACs, activations, layers) per image is cheap (and
+        fast) enough."""
+        return self.cost.seconds(work) <= self.max_image_s and (
+            self.latency is None or self.latency.allows(work))
 
 
 class Plan(BaseModel):
@@ -245,11 +262,14 @@ class Plan(BaseModel):
     searched: bool = True  # False: the search was skipped and the space's prior trains alone
     cost: Cost | None = None  # this machine's training cost per image (autofit/train/probe.py)
     max_image_s: float | None = None  # training seconds per image the refit affords
+    latency: LatencyModel | None = None  # with --max-latency-ms: this machine's, at start-up
+    max_latency_ms: float | None = None
 
     @classmethod
     def make(cls, budget: Budget, clock: Clock, n_test: int, n_train: int = 0,
              cost: Cost | None = None, reduction_factor: int = 3, rungs: int = 3,
-             prior: bool = False, test_passes: int = 2) -> Plan:
+             prior: bool = False, test_passes: int = 2,
+             latency: LatencyModel | None = None) -> Plan:
         """The split and, with a measured `cost`, the compute cap: a model whose refit on
         `n_train` images could not see `budget.min_epochs` epochs (and MIN_REFIT_IMAGES
         images) in `refit_s` is not tried.
@@ -262,7 +282,14 @@ class Plan(BaseModel):
         skipped and all the trainable time goes to the prior."""
         left = clock.left()
         eval_rate = test_pass_rate(cost.reference_s, test_passes) if cost else EVAL_RATE_GUESS
-        reserve = final_reserve(n_test, eval_rate)
+        reserve = final_reserve(n_test, eval_rate, quantize=budget.quantize is not None) + \
+            latency_reserve(budget.max_latency_ms)
+        int8_s = quantize_reserve(n_test, eval_rate) if budget.quantize is not None else 0.0
+        int8_note = ""
+        if int8_s and not int8_planned(int8_s, left - reserve + int8_s):
+            reserve -= int8_s
+            int8_note = (f"; model.int8.onnx not planned: its {int8_s:.0f}s would be over "
+                         f"{QUANTIZE_MAX_SHARE:.0%} of the {left - reserve:.0f}s to train")
         trainable = left - reserve
         if trainable < 2 * MIN_TRIAL_S:
             raise UsageError(
@@ -299,17 +326,23 @@ class Plan(BaseModel):
             max_image_s = (refit_s + trial_s) / max(  # winner's trial: its seconds count too
                 budget.min_epochs * n_train, MIN_REFIT_IMAGES)
         return cls(cost=cost, max_image_s=max_image_s, search_share=round(share, 3),
-                   split=split, budget_s=budget.seconds, setup_s=round(clock.elapsed(), 3),
+                   split=split + int8_note, budget_s=budget.seconds,
+                   setup_s=round(clock.elapsed(), 3),
                    search_s=round(search_s, 3), trial_s=round(trial_s, 3),
                    milestones=milestones, refit_s=round(refit_s, 3),
                    final_reserve_s=round(reserve, 3), searched=searched,
-                   search_deadline=time.time() + search_s)
+                   search_deadline=time.time() + search_s, latency=latency,
+                   max_latency_ms=budget.max_latency_ms)
 
     @property
     def cap(self) -> ComputeCap | None:
+        """The compute cap, with the latency cap (alone, all training affordable) if any."""
+        latency = None if self.latency is None or self.max_latency_ms is None else \
+            LatencyCap(model=self.latency, max_ms=self.max_latency_ms)
         if self.cost is None or self.max_image_s is None:
-            return None
-        return ComputeCap(cost=self.cost, max_image_s=self.max_image_s)
+            return latency and ComputeCap(cost=Cost(s_per_mac=0, s_per_act=0, reference_s=0),
+                                          max_image_s=math.inf, latency=latency)
+        return ComputeCap(cost=self.cost, max_image_s=self.max_image_s, latency=latency)
 
 
 def test_pass_rate(train_image_s: float, passes: int = 2) -> float:
@@ -318,7 +351,44 @@ def test_pass_rate(train_image_s: float, passes: int = 2) -> float:
     return 1.0 / (EVAL_PASS_SHARE * passes * train_image_s)
 
 
-def final_reserve(n_test: int, eval_rate: float) -> float:
-    """Seconds kept back for export, the onnxruntime test pass, the report, and exit."""
+def final_reserve(n_test: int, eval_rate: float, *, quantize: bool = False) -> float:
+    """Seconds kept back for export, the onnxruntime test pass, the report, and exit; with
+    `quantize`, for the INT8 model too (`quantize_reserve`)."""
     return EXPORT_RESERVE_S + EVAL_MARGIN * n_test / max(eval_rate, 1.0) + REPORT_RESERVE_S + \
-        EXIT_RESERVE_S
+        EXIT_RESERVE_S + (quantize_reserve(n_test, eval_rate) if quantize else 0.0)
+
+
+# --quantize int8 (autofit/deliver/quantize.py), priced in images of the float test pass at
+# its measured rate. On 2 busy cores (digits; fastnet width 16, 64 and ResNet-20 on 32x32, 6
+# test-time views): 1.1-1.5 test images per calibration image over 0.1-1.6 s fixed; an INT8
+# test pass 0.55-0.95 of the float one (1.5 on the digits: 0.05 s); a batch-1 run 0.8-2.7.
+CALIBRATION_IMAGES = 256  # training images the activation ranges are calibrated on
+QUANTIZE_FIXED_S = 1.0  # pre-processing, the graph rewrite, onnx.checker, saving, sessions
+CALIBRATION_COST = 1.5  # a calibration image: a float pass with every tensor an output
+INT8_PASS_COST = 1.0  # an INT8 test image (the pass stops at the deadline if it is dearer)
+LATENCY_TIMED_RUNS = 60  # batch-1 runs per model: deliver/latency.py's WARMUP + RUNS
+BATCH1_COST = 2.5  # a batch-1 run
+# The INT8 copy is an extra: its time is planned only where it is at most this share of the
+# time left to train. A 2-minute CIFAR-10 run on busy cores, 10,000 test images priced at the
+# probe's rate, had otherwise had no time to train; unplanned, it is made if time is left.
+QUANTIZE_MAX_SHARE = 1 / 3
+
+
+def quantize_work_s(n_test: int, eval_rate: float) -> float:
+    """Seconds a kept INT8 model needs: calibration, quantization and its test pass."""
+    images = CALIBRATION_IMAGES * CALIBRATION_COST + n_test * INT8_PASS_COST
+    return QUANTIZE_FIXED_S + EVAL_MARGIN * images / max(eval_rate, 1.0)
+
+
+def latency_timings_s(eval_rate: float) -> float:
+    """Seconds for the float and INT8 models' batch-1 latency timings."""
+    runs = (1 + INT8_PASS_COST) * LATENCY_TIMED_RUNS * BATCH1_COST
+    return EVAL_MARGIN * runs / max(eval_rate, 1.0)
+
+
+def quantize_reserve(n_test: int, eval_rate: float) -> float:
+    return quantize_work_s(n_test, eval_rate) + latency_timings_s(eval_rate)
+
+
+def int8_planned(int8_s: float, trainable_s: float) -> bool:
+    return int8_s <= QUANTIZE_MAX_SHARE * max(trainable_s, 0.0)

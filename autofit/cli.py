@@ -10,13 +10,16 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from autofit import client_cli
 from autofit.budget import process_start_time
 from autofit.errors import AutofitError, UsageError
+
+if TYPE_CHECKING:
+    from autofit.runner import RunResult
 
 T = TypeVar("T")
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -42,6 +45,9 @@ def run_command(
         help="wall-clock budget for the whole run (default: the budget preset's)")] = None,
     max_params: Annotated[str | None, typer.Option(
         "--max-params", help="parameter cap, e.g. 2M, 1.5M, 500k, 250000")] = None,
+    max_latency_ms: Annotated[str | None, typer.Option(
+        "--max-latency-ms", help="latency cap of the exported model, e.g. 2.5: batch-1 ms in "
+                                 "onnxruntime on this machine")] = None,
     out: Annotated[Path | None, typer.Option(help="run directory (default runs/<timestamp>)")]
     = None,
     seed: Annotated[int | None, typer.Option(
@@ -60,10 +66,19 @@ def run_command(
     storage: Annotated[str | None, typer.Option(
         help="where Tune's state and checkpoints go: a path every Ray node mounts, or a URI "
              "such as s3://bucket/dir (needed on a cluster of more than one node)")] = None,
+    quantize: Annotated[str | None, typer.Option(
+        "--quantize", help="int8: also write RUN_DIR/model.int8.onnx, statically quantized, "
+                           "calibrated on training images and verified against model.onnx "
+                           "(its time comes out of the budget)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the result")] = False,
     resume: Annotated[Path | None, typer.Option(
         "--resume", help="continue the killed or interrupted run in this directory, with the "
                          "budget it had left and its own options")] = None,
+    weights: Annotated[Path | None, typer.Option(
+        "--weights", help="pretrained family (--space pretrained): a torchvision state_dict "
+                          ".pth, or a folder of them named as torchvision names them "
+                          "[default: torch's hub cache, $TORCH_HOME/hub/checkpoints]; never "
+                          "downloaded")] = None,
 ) -> None:
     """Search, refit and export a model inside the budget; print where it went.
 
@@ -79,7 +94,8 @@ def run_command(
         if resume is not None:
             given = {"--data": data, "--data-root": data_root, "--minutes": minutes,
                      "--max-params": max_params, "--out": out, "--seed": seed, "--space": space,
-                     "--budget": budget, "--storage": storage}
+                     "--budget": budget, "--storage": storage, "--weights": weights,
+                     "--quantize": quantize, "--max-latency-ms": max_latency_ms}
             clash = [name for name, value in given.items() if value is not None]
             if clash:
                 raise UsageError(f"--resume continues a run with its own options; drop "
@@ -88,26 +104,71 @@ def run_command(
                                    quiet=quiet)
         else:
             chosen = Budget.from_yaml(preset("budgets", budget or "default"), minutes=minutes,
-                                      max_params=max_params)
+                                      max_params=max_params, quantize=quantize,
+                                      max_latency_ms=max_latency_ms)
             result = runner.run(data, chosen, out=out, seed=seed or 0, space=space or "default",
                                 ray_address=ray_address, storage=storage,
                                 started_at=started_at, quiet=quiet,
-                                data_root=data_root)
+                                data_root=data_root, weights=weights)
     except AutofitError as err:
         typer.echo(f"autofit: error: {err}", err=True)
         raise typer.Exit(err.exit_code) from None
     except KeyboardInterrupt:  # before the run had its directory: nothing to resume
         typer.echo("autofit: interrupted", err=True)
         raise typer.Exit(130) from None
+    _say_result(result)
+
+
+@app.command("extend")
+def extend_command(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run's directory")],
+    minutes: Annotated[str, typer.Option(help="wall-clock minutes of the extension")],
+    out: Annotated[Path | None, typer.Option(
+        help="the extension's run directory (default runs/<timestamp>)")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the result")] = False,
+) -> None:
+    """Train a finished run's model for more minutes, from its refit weights, as a new run
+    that names it; the new model replaces the old only if it scores better on validation.
+
+    A killed extension resumes as any run does: autofit run --resume NEW_DIR.
+    """
+    started_at = process_start_time()
+    _second_interrupt_exits()
+    try:
+        from autofit import runner
+        from autofit.budget import Budget
+
+        result = runner.extend(run_dir, Budget(minutes=minutes).minutes, out=out,
+                               started_at=started_at, quiet=quiet)
+    except AutofitError as err:
+        typer.echo(f"autofit: error: {err}", err=True)
+        raise typer.Exit(err.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("autofit: interrupted", err=True)
+        raise typer.Exit(130) from None
+    _say_result(result)
+
+
+def _say_result(result: RunResult) -> None:
+    """The line a run ends with, and where its model is."""
     s = result.summary
     val = f"val {result.val_accuracy:.4f}" if result.val_accuracy is not None else \
         "no trial reached a rung" if s.trials else "no search"
     if s.status == "stopped":
         val = f"stopped in the {s.stopped_phase} phase, the best model so far"
+    if s.extension is not None:
+        e = s.extension
+        val = (f"extended {e.parent}: kept the {e.kept} model (val {e.val_accuracy:.4f} "
+               f"extended, {e.parent_val_accuracy:.4f} parent)")
     typer.echo(f"test accuracy {result.test_accuracy:.4f} (ONNX, onnxruntime) | {val} | "
                f"{result.params:,} params | {s.trials or 0} trials | "
                f"{s.elapsed_s:.1f}s of {s.budget_s or 0:.0f}s")
     typer.echo(f"model: {result.model_path}")
+    if s.int8 is not None:
+        q = s.int8
+        typer.echo(f"int8: {q.path} (test accuracy {q.test_accuracy:.4f}, agreement "
+                   f"{q.agreement:.4f})" if q.status == "kept" else
+                   f"int8: {q.status}, no model.int8.onnx: {q.reason}")
 
 
 @app.command("predict")
@@ -144,11 +205,13 @@ def predict_command(
 
 @app.command("inspect")
 def inspect_command(
-    model: Annotated[Path, typer.Argument(help="an autofit model.onnx")],
+    model: Annotated[Path, typer.Argument(help="an autofit model.onnx, or a run directory (its "
+                                               "model.onnx)")],
 ) -> None:
     """Classes, input, parameters, opset, budget, accuracy and batch-1 latency of a model."""
     from autofit.deliver.predict import load
 
+    model = model / "model.onnx" if model.is_dir() else model
     try:
         facts = load(model).facts()
     except AutofitError as err:
@@ -158,6 +221,17 @@ def inspect_command(
         shown = ", ".join(map(str, value)) if isinstance(value, list) and key == "classes" \
             else value
         typer.echo(f"{key:<18} {shown}")
+    _say_latency(model)
+
+
+def _say_latency(model: Path) -> None:
+    """A run's --max-latency-ms record, from the summary.json beside its model."""
+    from autofit.records import Summary
+
+    summary = Summary.read(model.parent / "summary.json")
+    for key, value in ([] if summary is None or summary.latency is None
+                       else summary.latency.facts()):
+        typer.echo(f"{key:<18} {value}")
 
 
 @app.command("stop")

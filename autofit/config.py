@@ -6,6 +6,7 @@ the journal a run's arguments), so it imports nothing of autofit's but the budge
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,6 +36,10 @@ class Recipe(BaseModel):
     ema: bool = False  # evaluate, checkpoint and export an EMA of the weights
     tta: bool = False  # average the logits of each image and its mirror (only with hflip)
     tta_translate: bool = False  # and of its views shifted a pixel each way (3x the passes)
+    # Fine-tuning (the pretrained family; any family's last layer is its head): the backbone's
+    # lr as a share of the head's, and epochs training the head alone (autofit/train/optim.py)
+    backbone_lr_scale: float = Field(default=1.0, gt=0.0, le=1.0)
+    freeze_epochs: float = Field(default=0.0, ge=0.0)
 
     @property
     def mirror_tta(self) -> bool:
@@ -57,6 +62,7 @@ class TrialConfig(BaseModel):
     recipe: Recipe
     params: int
     macs: int | None = None  # multiply-accumulates per image, forward (None in older runs)
+    weights: str | None = None  # the pretrained family: the file its backbone starts from
 
     def describe(self) -> str:
         arch = " ".join(f"{k}={v}" for k, v in self.arch.items())
@@ -64,6 +70,10 @@ class TrialConfig(BaseModel):
         extras = "".join(f" {name}" for name, on in (
             ("alternate_flip", r.alternate_flip and r.hflip), ("ema", r.ema),
             ("tta", r.mirror_tta), ("tta_translate", r.tta_translate)) if on)
+        if r.backbone_lr_scale != 1.0 or r.freeze_epochs:
+            extras += f" backbone_lr_scale={r.backbone_lr_scale:.3g} freeze={r.freeze_epochs:g}"
+        if self.weights is not None:
+            extras += f" from {Path(self.weights).name}"
         macs = "" if self.macs is None else f", {self.macs / 1e6:.1f}M MACs"
         return (f"{self.family} {arch} ({self.params / 1e6:.3f}M params{macs}) {r.optimizer} "
                 f"{r.schedule} bs={r.batch_size} lr={r.lr:.3g} wd={r.weight_decay:.2g} "
@@ -83,3 +93,5 @@ class RunArgs(BaseModel):
     space: str
     ray_address: str | None = None
     storage: str | None = None  # the run's own folder under --storage (None: RUN_DIR/tune)
+    parent: str | None = None  # `autofit extend`: the finished run this one continues
+    weights: str | None = None  # --weights (pretrained family); None: torch's hub cache

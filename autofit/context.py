@@ -15,7 +15,8 @@ from autofit import events
 from autofit.budget import Budget, Clock, Plan
 from autofit.config import RunArgs
 from autofit.journal import Journal
-from autofit.records import ExportInfo, RefitInfo, SearchOutcome, TestResult
+from autofit.latency_budget import LatencyInfo, LatencyModel
+from autofit.records import ExportInfo, ExtensionInfo, RefitInfo, SearchOutcome, TestResult
 from autofit.storage import Storage
 
 if TYPE_CHECKING:
@@ -39,6 +40,9 @@ class RunContext:
     test: TestResult | None = None
     cluster: Workers | None = None  # a run on a cluster: Ray, held from the search to the test
     dataset: Dataset | None = None  # once loaded: what a stopped run scores its best model on
+    extension: ExtensionInfo | None = None  # `autofit extend`: which model was kept
+    latency: LatencyModel | None = None  # --max-latency-ms: calibrated in setup, for the plan
+    latency_info: LatencyInfo | None = None  # --max-latency-ms: the exported model, timed
 
     @property
     def args(self) -> RunArgs:

@@ -10,19 +10,22 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from autofit import events, faults
+from autofit import events, extension, faults
 from autofit.budget import final_reserve
 from autofit.context import RunContext
 from autofit.data.dataset import Dataset
 from autofit.deliver import best as best_so_far
+from autofit.deliver import latency, quantize
 from autofit.deliver.evaluate import Score, score_onnx, test_pass_speed
 from autofit.deliver.export import export_onnx
 from autofit.deliver.refit_exports import RefitExports
 from autofit.errors import AutofitError, Stopped
 from autofit.files import write_atomic
+from autofit.latency_budget import latency_reserve
 from autofit.models import Classifier
 from autofit.records import BestSoFarRecord, BudgetFacts, ExportInfo, Summary
 from autofit.reporting import summary as summaries
+from autofit.search.latency_fit import latency_work
 from autofit.storage import REFIT
 from autofit.train.loop import load_state, make_model, save_state, save_weights
 from autofit.train.refit import refit
@@ -44,7 +47,13 @@ def deliver_here(ctx: RunContext, dataset: Dataset, keeper: best_so_far.BestSoFa
         raise AutofitError(f"cannot write {model_path}: {err.strerror or err}; "
                            f"the refit weights are in {ctx.run_dir / WEIGHTS}") from None
     _exported(ctx, export)
+    _within_latency(ctx, dataset, metadata, model)
     ctx.start_phase("evaluate")
+    if ctx.budget.quantize is not None:  # the test pass keeps its predictions for the INT8 check
+        tested = quantize.float_test_pass(model_path, dataset, ctx.threads)
+        _tested(ctx, dataset, tested.score)
+        quantize.deliver_int8(ctx, dataset, tested)
+        return
     _tested(ctx, dataset, score_onnx(model_path, dataset.x_test, dataset.y_test, ctx.threads,
                                      len(dataset.classes)))
 
@@ -89,11 +98,14 @@ def deliver_on_cluster(ctx: RunContext, dataset: Dataset, keeper: best_so_far.Be
         elif isinstance(message, on_cluster.Exported):
             write_atomic(ctx.run_dir / MODEL, message.onnx)
             _exported(ctx, message.info.model_copy(update={"path": str(ctx.run_dir / MODEL)}))
+            _within_latency(ctx, dataset, metadata, None)
             ctx.start_phase("evaluate")
         elif isinstance(message, on_cluster.Tested):
             _tested(ctx, dataset, message.score)
     if ctx.test is None:
         raise AutofitError("the refit and export on the cluster ended without a test score")
+    if ctx.budget.quantize is not None:  # model.onnx is here: quantized on the driver
+        quantize.deliver_int8(ctx, dataset)
 
 
 def _model_metadata(ctx: RunContext, metadata: dict[str, Any]) -> dict[str, Any]:
@@ -109,6 +121,23 @@ def _exported(ctx: RunContext, export: ExportInfo) -> None:
                  export.path, export.exporter, export.opset, export.parity_max_abs_diff)
 
 
+def _within_latency(ctx: RunContext, dataset: Dataset, metadata: dict[str, Any],
+                    model: Classifier | None) -> None:
+    """With --max-latency-ms, model.onnx timed against the cap before it is scored; on a miss,
+    re-exported without its test-time views where the weights are here (deliver/latency.py)."""
+    max_ms = ctx.budget.max_latency_ms
+    if max_ms is None:
+        return
+    assert ctx.outcome is not None and ctx.plan is not None
+    config = ctx.outcome.best.config
+    ctx.latency_info, export = latency.enforce(
+        ctx.run_dir / MODEL, model, dataset.x_test, _model_metadata(ctx, metadata), ctx.threads,
+        max_ms, ctx.plan.latency, latency_work(config.family, config.arch, dataset.shape),
+        config.recipe.test_passes if model is None else latency.view_passes(model), ctx.log)
+    if export is not None:
+        _exported(ctx, export)
+
+
 def _tested(ctx: RunContext, dataset: Dataset, score: Score) -> None:
     ctx.test = score.result(dataset.classes)
     events.emit(ctx.log, "test", "test accuracy (ONNX, onnxruntime): %.4f on %d images",
@@ -120,7 +149,13 @@ def _reserve(ctx: RunContext, dataset: Dataset) -> float:
     """Seconds kept after the refit for export, the test pass and the report, said."""
     assert ctx.outcome is not None and ctx.plan is not None
     speed = test_pass_speed(ctx.run_dir, ctx.outcome.best, dataset, ctx.threads, ctx.plan.cost)
-    reserve = final_reserve(len(dataset.y_test), speed)
+    scored = len(dataset.y_test) + (extension.extra_scored(dataset) if ctx.args.parent else 0)
+    reserve = final_reserve(scored, speed) + latency_reserve(ctx.budget.max_latency_ms)
+    int8_s = quantize.reserve_s(ctx, dataset, speed, reserve)
+    if int8_s:
+        reserve += int8_s
+        ctx.log.info("refit: %.1fs of the reserve kept for model.int8.onnx: calibration, "
+                     "quantization, its test pass and the latency timings", int8_s)
     ctx.log.info("refit: %.1fs kept for export, the test pass (%.0f images/s) and the report",
                  reserve, speed)
     return reserve

@@ -26,6 +26,7 @@ from pydantic import (
 from autofit.budget import Plan
 from autofit.config import RunArgs, TrialConfig
 from autofit.files import write_atomic
+from autofit.latency_budget import LatencyInfo
 
 SCHEMA_VERSION = 2  # 1: the untyped dicts written before these models (read as they were)
 UNTRAINED = "not trained: search skipped"  # the space's prior when the plan skips the search
@@ -210,6 +211,46 @@ class ExportInfo(Record):
     parity_images: int
 
 
+class ExtensionInfo(Record):
+    """`autofit extend`: the parent run, and which model was kept by validation accuracy (both
+    models trained on the validation images: this guards against a worse restart)."""
+
+    parent: str  # the parent's run directory
+    kept: Literal["extended", "parent"]
+    val_images: int
+    val_accuracy: float  # the extended model's
+    parent_val_accuracy: float
+    test_accuracy: float  # the extended model's, whichever was kept
+    parent_test_accuracy: float | None  # as the parent's summary gives it
+
+
+class QuantizedInfo(Record):
+    """--quantize int8: model.int8.onnx `kept`, or `rejected` (checker, agreement), `skipped`
+    (no time) or `failed` (quantization raised), with why (autofit/deliver/quantize.py)."""
+
+    status: Literal["kept", "rejected", "skipped", "failed"]
+    reason: str | None = None
+    path: str | None = None
+    method: str | None = None
+    calibration_images: int | None = None
+    agreement: float | None = None  # top-1, with model.onnx, on the test images
+    agreement_bar: float | None = None
+    test_accuracy: float | None = None  # model.int8.onnx's, through onnxruntime
+    float_test_accuracy: float | None = None
+    accuracy_drop: float | None = None  # float minus int8
+    test_images: int | None = None
+    int8_bytes: int | None = None
+    float_bytes: int | None = None
+    int8_latency_ms: float | None = None  # batch-1 median after warm-up (deliver/latency.py)
+    float_latency_ms: float | None = None
+    latency_threads: int | None = None
+    latency_runs: int | None = None
+    latency_warmup: int | None = None
+    quantize_s: float | None = None  # calibration and quantization
+    seconds: float | None = None  # all of it, checks and timings included
+    planned_s: float | None = None  # what the final reserve kept for it
+
+
 class TestResult(Record):
     """The test set through the exported ONNX model in onnxruntime."""
 
@@ -310,8 +351,11 @@ class Summary(Versioned):
     best_config: TrialConfig | None = None
     best_metrics: Report = None  # the winning trial's last report
     refit: RefitInfo | None = None
+    extension: ExtensionInfo | None = None  # `autofit extend`: the parent, the model kept
     export: ExportInfo | None = None
     test: TestResult | None = None
+    int8: QuantizedInfo | None = None  # --quantize int8
+    latency: LatencyInfo | None = None  # --max-latency-ms: the exported model, timed
     device: str | None = None  # "cpu" or "cuda"
     data_path: str | None = Field(default=None,  # "dali-gpu", "dali-cpu" or "torch"
                                   validation_alias=AliasChoices("data_path", "data_pipeline"))
@@ -351,3 +395,4 @@ class JournalState(Versioned):
     search_clock: SearchClock | None = None
     search: SearchOutcome | None = None  # the search's result, once it finished
     refit: RefitInfo | None = None  # the refit's result, once it finished
+    int8: QuantizedInfo | None = None  # --quantize int8: this life's outcome (redone on resume)

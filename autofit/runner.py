@@ -14,7 +14,7 @@ from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autofit import __version__, delivery, events, faults, stopping
+from autofit import __version__, delivery, events, extension, faults, stopping
 from autofit.budget import Budget, Clock
 from autofit.config import RunArgs, TrialConfig
 from autofit.context import RunContext
@@ -22,6 +22,7 @@ from autofit.data import pipeline
 from autofit.data.dataset import Dataset, load
 from autofit.data.sources import NAMED
 from autofit.deliver import best as best_so_far
+from autofit.deliver import latency
 from autofit.deliver.export import model_metadata
 from autofit.environment import scoped_environment
 from autofit.errors import (
@@ -33,12 +34,15 @@ from autofit.errors import (
     UsageError,
 )
 from autofit.journal import Journal, prepare_run_dir
+from autofit.latency_budget import LatencyCap
+from autofit.models import DataShape
 from autofit.presets import preset
 from autofit.records import Summary
 from autofit.reporting import summary as summaries
 from autofit.reporting.leaderboard import write_leaderboard
 from autofit.reporting.logs import close_logger, run_logger
 from autofit.search.cluster import check_address
+from autofit.search.latency_fit import check_latency, latency_work
 from autofit.search.space import SearchSpace
 from autofit.stopping import StopSwitch
 from autofit.storage import run_folder, storage_root
@@ -70,7 +74,7 @@ def run(data: str | Path | None = None, budget: Budget | None = None, *,
         out: str | Path | None = None, seed: int = 0, space: str | Path = "default",
         ray_address: str | None = None, storage: str | None = None,
         started_at: float | None = None, quiet: bool = False,
-        data_root: str | Path | None = None) -> RunResult:
+        data_root: str | Path | None = None, weights: str | Path | None = None) -> RunResult:
     """Search, refit, export and score a model for the dataset at `data` within `budget`.
 
     `data` is a folder, a label CSV, a .npz, or a dataset name (`cifar10`, ...) found under
@@ -79,8 +83,12 @@ def run(data: str | Path | None = None, budget: Budget | None = None, *,
     `storage` (a path every Ray node mounts, or a URI such as s3://bucket/dir) holds Tune's
     state and the checkpoints, as a cluster of more than one node needs.
     `started_at` (a time.time() value) lets the CLI count its own start-up against the budget.
+    `weights` (a state_dict file or a folder of them) is where the space's `pretrained` family
+    finds its starting weights; without it, torch's hub cache (autofit/models/pretrained.py).
     If the run is killed, `resume(out)` goes on.
     """
+    if weights is not None and not Path(weights).exists():
+        raise UsageError(f"--weights {weights} does not exist")
     ray_address = ray_address or os.environ.get("RAY_ADDRESS") or None  # as `ray job submit` sets
     check_address(ray_address)
     budget = budget or Budget.from_yaml(preset("budgets", "default"))
@@ -90,7 +98,8 @@ def run(data: str | Path | None = None, budget: Budget | None = None, *,
     args = RunArgs(data=_where(data), data_root=None if data_root is None else
                    str(Path(data_root).resolve()), budget=budget, seed=seed,
                    space=str(space_path.resolve()), ray_address=ray_address,
-                   storage=None if root is None else run_folder(root, out_dir.name))
+                   storage=None if root is None else run_folder(root, out_dir.name),
+                   weights=None if weights is None else str(Path(weights).resolve()))
     return _execute(Journal.create(out_dir, args), started_at, quiet)
 
 
@@ -114,6 +123,14 @@ def resume(run_dir: str | Path, *, ray_address: str | None = None,
     if ray_address is not None:
         journal.set(args=journal.args.model_copy(update={"ray_address": ray_address}))
     return _execute(journal, started_at, quiet)
+
+
+def extend(parent: str | Path, minutes: float, *, out: str | Path | None = None,
+           started_at: float | None = None, quiet: bool = False) -> RunResult:
+    """Train the finished run at `parent` for `minutes` more, from its refit weights, as a new
+    run that names it; the better model on validation is kept (autofit/extension.py)."""
+    args = extension.Parent(Path(parent)).args(minutes)
+    return _execute(Journal.create(prepare_run_dir(out), args), started_at, quiet)
 
 
 def _execute(journal: Journal, started_at: float | None, quiet: bool) -> RunResult:
@@ -159,10 +176,14 @@ def _record_failure(ctx: RunContext, phase: str, err: AutofitError) -> None:
 
 def _run(ctx: RunContext) -> RunResult:
     _say_start(ctx)
-    space = SearchSpace.load(Path(ctx.args.space))
+    space, weights_found = SearchSpace.load(Path(ctx.args.space)).with_weights(ctx.args.weights)
+    if weights_found is not None:
+        ctx.log.info("%s", weights_found)
     dataset = ctx.dataset = _setup(ctx, space)
     stopping.check()  # from here a stop request has test images to score the best model on
     metadata = model_metadata(dataset, ctx.budget)
+    if ctx.args.parent:
+        metadata["parent"] = ctx.args.parent
     keeper = best_so_far.BestSoFar(ctx.run_dir, dataset.shape, *dataset.mean_std,
                                    images=dataset.x_val[:best_so_far.PARITY_IMAGES],
                                    metadata=metadata, threads=ctx.threads)
@@ -171,7 +192,10 @@ def _run(ctx: RunContext) -> RunResult:
     with ExitStack() as stack:
         if ctx.args.ray_address:  # on a cluster, Ray stays up: the refit and export run there
             ctx.cluster = stack.enter_context(ray_for(ctx, dataset, space))
-        ctx.outcome, ctx.plan = search_phase(ctx, dataset, space, keeper)
+        if ctx.args.parent:
+            ctx.outcome, ctx.plan = extension.extension_phase(ctx, dataset)
+        else:
+            ctx.outcome, ctx.plan = search_phase(ctx, dataset, space, keeper)
         stopping.check()
         write_leaderboard(ctx.run_dir / LEADERBOARD, ctx.outcome.records)
         ctx.start_phase("refit")
@@ -179,6 +203,8 @@ def _run(ctx: RunContext) -> RunResult:
             delivery.deliver_here(ctx, dataset, keeper, metadata)
         else:
             delivery.deliver_on_cluster(ctx, dataset, keeper, metadata)
+        if ctx.args.parent:
+            ctx.extension = extension.keep_better(ctx, dataset)
 
     ctx.start_phase("report")
     summary = summaries.finished(ctx, dataset, space.source)
@@ -215,9 +241,9 @@ def _setup(ctx: RunContext, space: SearchSpace) -> Dataset:
                 path.name, path.reason, amp.reason, level=level, device=ctx.device,
                 data_path=path.name, reason=path.reason, precision=amp.name,
                 summary=f"device {where} · data path {path.name} · {amp.name}")
-    args, budget = ctx.args, ctx.budget
+    args = ctx.args
     dataset = load(args.data, ctx.seed, ctx.threads,
-                   check=lambda shape: space.check_fits(shape, budget.max_params), path=path,
+                   check=lambda shape: _check_caps(ctx, space, shape), path=path,
                    data_root=None if args.data_root is None else Path(args.data_root))
     for note in dataset.notes:
         ctx.log.info("data: %s", note)
@@ -232,6 +258,31 @@ def _setup(ctx: RunContext, space: SearchSpace) -> Dataset:
                          f"{fingerprint.model_dump()} now)")
     ctx.journal.set(data=fingerprint)
     return dataset
+
+
+def _check_caps(ctx: RunContext, space: SearchSpace, shape: DataShape) -> None:
+    """The caps against the data's shape, before the decode: the parameter cap; with
+    --max-latency-ms, this machine's latency model, calibrated here (a plan an earlier life
+    made keeps its own), and the fastest model of the space against the cap."""
+    space.check_fits(shape, ctx.budget.max_params)
+    max_ms = ctx.budget.max_latency_ms
+    if max_ms is None or ctx.journal.state.plan is not None:
+        return
+    model = latency.calibrate(shape, list(space.families), ctx.threads, latency_work)
+    ctx.log.info("latency: onnxruntime batch-1 latency on %d threads, calibrated in %.1fs on %d "
+                 "reference networks: %s", model.threads, model.seconds, len(model.references),
+                 model.describe())
+    unpriced = [family for family in space.families if family not in latency.REFERENCES]
+    if unpriced:
+        ctx.log.warning("latency: %s has no reference networks of its own: it is priced at "
+                        "the others' prices", ", ".join(unpriced))
+    family, arch, passes, ms = check_latency(space, shape, ctx.budget.max_params,
+                                             LatencyCap(model=model, max_ms=max_ms))
+    ctx.latency = model
+    ctx.log.info("latency: every model must take at most %g ms per image; the fastest the space "
+                 "has (%s %s, %d forward pass%s) takes about %.3g ms", max_ms, family,
+                 " ".join(f"{k}={v}" for k, v in arch.items()), passes,
+                 "" if passes == 1 else "es", ms)
 
 
 def _finish(ctx: RunContext, summary: Summary) -> RunResult:

@@ -15,10 +15,10 @@ import autofit
 PACKAGE = Path(autofit.__file__).parent
 # Each layer may import from itself and the layers after it, never from one before it.
 LAYERS = [{"cli", "__main__", "client_cli", "client", "client_models"},
-          {"service"}, {"runner", "delivery"}, {"reporting", "search"}, {"deliver"}, {"train"},
-          {"data"}, {"models"},
-          {"context"}, {"journal", "events"}, {"records"}, {"config"}, {"budget", "presets",
-                                                                       "faults"},
+          {"service"}, {"runner", "delivery", "extension"}, {"reporting", "search"},
+          {"deliver"}, {"train"}, {"data"}, {"models"},
+          {"context"}, {"journal", "events"}, {"records"}, {"config"},
+          {"budget", "presets", "faults", "latency_budget"},
           {"files", "errors", "environment", "storage", "stopping"}]
 MAX_LINES = 400
 

@@ -95,13 +95,41 @@ class Model:
         its run directory's summary.json is beside it."""
         summary = Summary.read(self.path.parent / "summary.json")
         test_accuracy = None if summary is None else summary.test_accuracy
+        if "quantization" in self.metadata:  # model.int8.onnx: its own score, not model.onnx's
+            test_accuracy = None if summary is None or summary.int8 is None else \
+                summary.int8.test_accuracy
         m = self.metadata
         return {"model": str(self.path), "classes": self.classes,
                 "input_shape": m.get("input_shape"), "resize": m.get("resize"),
                 "params": m.get("params"), "opset": self.opset, "budget": m.get("budget"),
                 "val_accuracy": m.get("val_accuracy"), "test_accuracy": test_accuracy,
                 "latency_ms_batch1": round(self.latency_ms(), 3),
-                "autofit_version": m.get("autofit_version")}
+                "autofit_version": m.get("autofit_version"), **int8_facts(m, summary)}
+
+
+def int8_facts(metadata: dict[str, Any], summary: Summary | None) -> dict[str, str]:
+    """`inspect`'s INT8 lines (--quantize int8): for model.int8.onnx how it was made and how it
+    compares with model.onnx; for model.onnx what became of its INT8 sibling."""
+    q = None if summary is None else summary.int8
+    facts = {}
+    if "quantization" in metadata:
+        made = metadata["quantization"]
+        facts["quantization"] = (f"{made.get('format')}: activations {made.get('activations')}, "
+                                 f"weights {made.get('weights')}, {made.get('calibration_method')}"
+                                 f" calibration on {made.get('calibration_images')} training "
+                                 "images")
+    if q is None:
+        return facts
+    if q.status != "kept":
+        return {**facts, "int8": f"{q.status}: {q.reason}"}
+    timed = "" if q.int8_latency_ms is None else (
+        f", batch-1 {q.int8_latency_ms:.3f} ms against {q.float_latency_ms:.3f} ms on "
+        f"{q.latency_threads} threads")
+    return {**facts, "int8": (
+        f"{Path(q.path or '').name}: test accuracy {q.test_accuracy:.4f} against "
+        f"{q.float_test_accuracy:.4f} (drop {q.accuracy_drop:+.4f}), top-1 agreement "
+        f"{q.agreement:.4f} (bar {q.agreement_bar:g}), {q.int8_bytes:,} bytes against "
+        f"{q.float_bytes:,}{timed}")}
 
 
 def load(path: str | Path, threads: int = 1) -> Model:

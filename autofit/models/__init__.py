@@ -18,13 +18,14 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from autofit.models import fastnet, pyramidnet, resnet, wrn
+from autofit.models import fastnet, pretrained, pyramidnet, resnet, wrn
 
 FAMILIES: Mapping[str, Callable[..., nn.Module]] = MappingProxyType({
     "resnet": resnet.build,
     "wrn": wrn.build,
     "pyramidnet": pyramidnet.build,
     "fastnet": fastnet.build,
+    pretrained.FAMILY: pretrained.build,
 })
 _NOT_KNOBS = frozenset({"in_channels", "num_classes", "input_size", "dropout"})
 
@@ -148,3 +149,13 @@ def build_for(family: str, arch: Mapping[str, int], shape: DataShape,
 
 def count_for(family: str, arch: Mapping[str, int], shape: DataShape) -> int:
     return count_params(family, arch, shape.channels, shape.num_classes, shape.size)
+
+
+def head(model: nn.Module) -> nn.Module:
+    """The classifier head of a built network, or of a Classifier around one: the layer a new
+    task replaces, which a recipe's `backbone_lr_scale` and `freeze_epochs` treat apart from
+    the rest. The pretrained family names it; in the others it is the last Linear layer."""
+    net = model.net if isinstance(model, Classifier) else model
+    if isinstance(net, pretrained.Pretrained):
+        return net.head()
+    return [m for m in net.modules() if isinstance(m, nn.Linear)][-1]

@@ -17,7 +17,8 @@ from typing import Any
 from autofit.errors import one_line
 from autofit.events import PHASE_COLOURS
 from autofit.files import write_atomic
-from autofit.records import TestResult
+from autofit.latency_budget import LatencyInfo
+from autofit.records import QuantizedInfo, TestResult
 from autofit.reporting import plots, run_files
 
 FILE = "report.html"
@@ -70,6 +71,8 @@ def page(run: run_files.Run, images: dict[str, Path]) -> str:
         sections.append(_section("Test set", *(_figure(images, n)
                                                for n in ("confusion", "per_class")),
                                  _per_class_table(s.test)))
+    if s is not None and s.int8 is not None:
+        sections.append(_section("INT8 model", _int8(s.int8)))
     title = f"autofit run {run.path.name}"
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width\"><title>{_e(title)}</title>"
@@ -103,6 +106,20 @@ def _summary(run: run_files.Run) -> str:
         ("files", "model.onnx (deploy this), summary.json, leaderboard.csv, run.log, "
                   "events.jsonl, best_so_far.onnx, plots/*.png"),
     ]
+    if s is not None and s.extension is not None:
+        e = s.extension
+        facts.insert(2, ("extends", f"{_e(e.parent)}: kept the {e.kept} model (validation "
+                                    f"{_pct(e.val_accuracy, 'extended')}, "
+                                    f"{_pct(e.parent_val_accuracy, 'parent')}; test "
+                                    f"{_pct(e.test_accuracy, 'extended')}, "
+                                    f"{_pct(e.parent_test_accuracy, 'parent')})"))
+    if s is not None and s.int8 is not None:
+        q = s.int8
+        facts.insert(1, ("INT8 model", f"{_pct(q.test_accuracy, '(model.int8.onnx)')}, top-1 "
+                                       f"agreement {_num4(q.agreement)}, see INT8 model"
+                         if q.status == "kept" else f"{_e(q.status)}: {_e(q.reason or '')}"))
+    if s is not None and s.latency is not None:
+        facts.insert([k for k, _ in facts].index("budget") + 1, ("latency", _latency(s.latency)))
     if s is not None and s.versions:
         facts.append(("versions", _e(", ".join(f"{k} {v}" for k, v in s.versions.items()))))
     rows = "".join(f"<tr><td>{_e(k)}</td><td>{v}</td></tr>" for k, v in facts)
@@ -146,6 +163,43 @@ def _leaderboard(rows: list[dict[str, str]]) -> str:
     return f"<table class=\"board\"><tr>{head}</tr>{body}</table>"
 
 
+def _int8(q: QuantizedInfo) -> str:
+    """model.int8.onnx beside model.onnx (--quantize int8), or why it was not kept."""
+    if q.status != "kept":
+        measured = "" if q.agreement is None else \
+            f" Measured top-1 agreement with model.onnx: {_num4(q.agreement)}."
+        return (f"<p><b>{_e(q.status)}</b>: {_e(q.reason or '')}. No model.int8.onnx; "
+                f"model.onnx stands.{measured}</p>")
+    runs = f"median of {q.latency_runs} runs after {q.latency_warmup} warm-up, " \
+           f"{q.latency_threads} threads"
+    rows = [("test accuracy", _num4(q.test_accuracy), _num4(q.float_test_accuracy),
+             f"drop {_num4(q.accuracy_drop)} on {_int(q.test_images)} images"),
+            ("top-1 agreement", _num4(q.agreement), "", f"bar {q.agreement_bar:g}"),
+            ("file bytes", _int(q.int8_bytes), _int(q.float_bytes),
+             _ratio(q.float_bytes, q.int8_bytes, "smaller", "larger")),
+            ("batch-1 latency ms", _num4(q.int8_latency_ms), _num4(q.float_latency_ms),
+             "not timed" if q.int8_latency_ms is None else
+             f"{_ratio(q.float_latency_ms, q.int8_latency_ms, 'faster', 'slower')}, {runs}")]
+    body = "".join(f"<tr><td>{_e(name)}</td><td class=\"n\">{a}</td><td class=\"n\">{b}</td>"
+                   f"<td>{_e(note)}</td></tr>" for name, a, b, note in rows)
+    return (f"<p>model.int8.onnx: {_e(q.method or '')}, calibrated on "
+            f"{_int(q.calibration_images)} training images; quantized in "
+            f"{_num(q.quantize_s)} s, {_num(q.seconds)} s with its checks and timings "
+            f"({_num(q.planned_s)} s planned).</p><table><tr><th></th><th>INT8</th>"
+            f"<th>float</th><th></th></tr>{body}</table>")
+
+
+def _ratio(before: float | None, after: float | None, less: str, more: str) -> str:
+    """INT8 against float as `N× smaller` (or `N× larger`: a small model's file can grow)."""
+    if not before or not after:
+        return "?"
+    return f"{before / after:.2f}× {less}" if before >= after else f"{after / before:.2f}× {more}"
+
+
+def _num4(value: float | None) -> str:
+    return "?" if value is None else f"{value:.4f}"
+
+
 def _per_class_table(test: TestResult) -> str:
     matrix = test.confusion
     rows = "".join(f"<tr><td>{_e(name)}</td><td class=\"n\">{sum(matrix[i]) if matrix else ''}"
@@ -181,6 +235,20 @@ def _model(run: run_files.Run) -> str:
     epochs = "?" if s.refit is None else s.refit.epochs
     return (f"{source}: {_e(config.family)} {_e(arch)}, {_int(config.params)} parameters; "
             f"{_e(recipe)}; refit {_e(epochs)} epochs on train+val")
+
+
+def _latency(t: LatencyInfo) -> str:
+    """--max-latency-ms: the delivered model's measured and predicted batch-1 latency."""
+    verdict = "within the budget" if t.within_budget else \
+        "<span class=\"error\">over the budget</span>"
+    calibration = "" if t.calibration is None else (
+        f"; latency model fitted at start-up on {len(t.calibration.references)} reference "
+        f"networks in {t.calibration.seconds:.1f} s: {_e(t.calibration.describe())}")
+    predicted = "?" if t.predicted_ms is None else f"{t.predicted_ms:.4g}"
+    return (f"<b>{t.measured_ms:.4g} ms</b> per image measured (median of {t.runs} batch-1 runs "
+            f"in onnxruntime on {t.threads} threads, p90 {t.p90_ms:.4g} ms, {t.passes} forward "
+            f"pass{'' if t.passes == 1 else 'es'}), {predicted} ms predicted, cap {t.max_ms:g} "
+            f"ms: {verdict}; {_e(t.action)}{calibration}")
 
 
 def _trials(run: run_files.Run) -> str:

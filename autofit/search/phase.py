@@ -115,7 +115,7 @@ def _new_plan(ctx: RunContext, dataset: Dataset, cost: Cost | None, space: Searc
               prior: bool) -> Plan:
     return Plan.make(ctx.budget, ctx.clock, len(dataset.y_test),
                      n_train=len(dataset.y_train) + len(dataset.y_val), cost=cost, prior=prior,
-                     test_passes=space.prior_test_passes)
+                     test_passes=space.prior_test_passes, latency=ctx.latency)
 
 
 def _plan(ctx: RunContext, dataset: Dataset, cost: Cost | None, space: SearchSpace) -> Plan:

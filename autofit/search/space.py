@@ -30,8 +30,9 @@ from autofit import models
 from autofit.budget import ComputeCap
 from autofit.config import Recipe, TrialConfig
 from autofit.errors import BudgetError, UsageError, one_line
-from autofit.models import DataShape
-from autofit.search.knobs import Fill, First, Knob, Value, check_training
+from autofit.models import DataShape, pretrained
+from autofit.search.knobs import Choice, Fill, First, Knob, Value, check_training
+from autofit.search.latency_fit import fast_enough, fast_recipe, latency_work, with_passes
 
 
 class SearchSpace(BaseModel):
@@ -47,7 +48,8 @@ class SearchSpace(BaseModel):
     source: str = "<memory>"
     # Exact counts already made: a fill search counts the same few models again and again.
     _counts: dict[tuple[object, ...], int] = PrivateAttr(default_factory=dict)
-    _work_counts: dict[tuple[object, ...], tuple[int, int]] = PrivateAttr(default_factory=dict)
+    _work_counts: dict[tuple[object, ...], tuple[int, ...]] = PrivateAttr(default_factory=dict)
+    _weights: dict[int, str] = PrivateAttr(default_factory=dict)  # pretrained net -> its file
 
     @field_validator("fill")
     @classmethod
@@ -134,11 +136,36 @@ class SearchSpace(BaseModel):
             message = first["msg"].removeprefix("Value error, ")
             raise UsageError(f"search space {path}: {where}: {message}") from None
 
+    def with_weights(self, given: str | None) -> tuple[SearchSpace, str | None]:
+        """This space with its pretrained family's `net` limited to the nets whose weights
+        are found (`--weights`, else torch's hub cache: models/pretrained.py), each config
+        naming its file, and a line saying so (None without the family); the prior takes the
+        nearest net found."""
+        family = pretrained.FAMILY
+        if family not in self.families:
+            if given is not None:
+                raise UsageError(f"--weights {given}: the search space {self.source} has no "
+                                 f"{family} family to start from them")
+            return self, None
+        files, said = pretrained.usable(
+            [int(v) for v in self.families[family]["net"].values()], given)
+        nets = sorted(files)
+        first = self.first
+        if first is not None and first.family == family and first.arch.get("net") not in nets:
+            net = min(nets, key=lambda v: abs(v - first.arch.get("net", 0)))
+            first = first.model_copy(update={"arch": {**first.arch, "net": net}})
+        knobs = {**self.families[family], "net": Choice(choices=list(nets))}
+        space = self.model_copy(update={"families": {**self.families, family: knobs},
+                                        "first": first})
+        space._weights = files
+        return space, said
+
     def configure(self, family: str, drawn: dict[str, int], training: dict[str, Value],
                   shape: DataShape, max_params: int, target: int | None = None,
                   cap: ComputeCap | None = None) -> TrialConfig | None:
         """Knob values drawn elsewhere (a model-based searcher: autofit/search/tpe.py) as one
         configuration, fitted as `sample` fits its own draws; None when nothing fits."""
+        cap = with_passes(cap, training)  # a latency cap prices the recipe's test-time views
         fitted = self.fit(family, drawn, shape, max_params, target, cap)
         return None if fitted is None else \
             self._config(family, fitted[0], training, shape, max_params)
@@ -163,9 +190,13 @@ class SearchSpace(BaseModel):
         config = self.configure(first.family, drawn, dict(first.training), shape, max_params,
                                 max_params, cap)
         fill = self._fill_knob(first.family)
-        if config is None and cap is not None and fill is not None:  # the prior, narrowest
-            config = self._config(first.family, {**drawn, fill: int(min(knobs[fill].values()))},
-                                  dict(first.training), shape, max_params)
+        if config is None and cap is not None:  # the prior, narrowest (without fill: as is)
+            narrowest = {**drawn, fill: int(min(knobs[fill].values()))} if fill else drawn
+            config = self._config(first.family, narrowest, dict(first.training), shape,
+                                  max_params)
+            if config is not None and not fast_enough(cap, first.training, self._work(
+                    config.family, config.arch, shape)):
+                config = None  # the latency cap is hard: the search draws instead
         return config
 
     def cheapest(self, training: dict[str, Value], shape: DataShape, max_params: int,
@@ -175,6 +206,9 @@ class SearchSpace(BaseModel):
         what the search tries when nothing the budget affords can be drawn."""
         fitting = [(family, arch) for family, arch in self._floors().items()
                    if self._count(family, arch, shape) <= max_params]
+        if cap.latency is not None:  # a hard cap: the drawn views, or none if they cannot meet it
+            training = fast_recipe(self, training, shape, max_params, cap)
+            fitting = [fa for fa in fitting if fast_enough(cap, training, self._work(*fa, shape))]
         if not fitting:
             return None
         family, arch = min(fitting, key=lambda fa: cap.cost.seconds(self._work(*fa, shape)))
@@ -191,7 +225,9 @@ class SearchSpace(BaseModel):
         if params > max_params:
             return None
         return TrialConfig(family=family, arch=arch, recipe=Recipe(**training), params=params,
-                           macs=self._work(family, arch, shape)[0])
+                           macs=self._work(family, arch, shape)[0],
+                           weights=self._weights.get(arch["net"]) if family == pretrained.FAMILY
+                           else None)
 
     def smallest(self, shape: DataShape) -> tuple[str, dict[str, int], int]:
         """The smallest model the space can build: the floor any parameter cap must clear."""
@@ -312,10 +348,10 @@ class SearchSpace(BaseModel):
             self._counts[key] = models.count_for(family, arch, shape)
         return self._counts[key]
 
-    def _work(self, family: str, arch: dict[str, int], shape: DataShape) -> tuple[int, int]:
+    def _work(self, family: str, arch: dict[str, int], shape: DataShape) -> tuple[int, ...]:
         key = _count_key(family, arch, shape)
-        if key not in self._work_counts:
-            self._work_counts[key] = models.count_work(family, arch, shape)
+        if key not in self._work_counts:  # (MACs, activations, layers): both caps price it
+            self._work_counts[key] = latency_work(family, arch, shape)
         return self._work_counts[key]
 
 

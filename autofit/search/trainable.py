@@ -77,7 +77,8 @@ def trainable(config: dict[str, Any], data: TrialData) -> None:
             resume = load_checkpoint(directory, data.device)
     offset = resume["counters"]["steps"] if resume else 0  # a resumed trial sees new batches
     torch.manual_seed(data.seed + offset)
-    model = make_model(trial, data.shape, data.mean, data.std, data.device)
+    model = make_model(trial, data.shape, data.mean, data.std, data.device,
+                       pretrained=resume is None)  # a resumed trial loads its own weights
     loader = pipeline.training_loader(data.data_path, data.x_train, data.y_train, trial.recipe,
                                       seed=data.seed + offset, threads=data.threads,
                                       device=data.device)

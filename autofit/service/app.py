@@ -39,6 +39,7 @@ from autofit.service.schemas import (
 from autofit.service.uploads import Limits, UploadError, ingest
 
 FILES = {"model.onnx": "application/octet-stream", "best_so_far.onnx": "application/octet-stream",
+         "model.int8.onnx": "application/octet-stream",
          "report.html": "text/html", "summary.json": "application/json",
          "leaderboard.csv": "text/csv", "run.log": "text/plain", "events.jsonl":
          "application/x-ndjson"}

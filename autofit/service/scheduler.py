@@ -162,6 +162,10 @@ class Scheduler:
             command += ["--minutes", repr(float(request["minutes"]))]
         if request.get("max_params") is not None:
             command += ["--max-params", str(request["max_params"])]
+        if request.get("max_latency_ms") is not None:
+            command += ["--max-latency-ms", repr(float(request["max_latency_ms"]))]
+        if request.get("quantize") is not None:
+            command += ["--quantize", str(request["quantize"])]
         if self.storage is not None:
             command += ["--storage", self.storage]
         if run["stop_requested"]:  # stopped while it was being started

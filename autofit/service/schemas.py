@@ -34,9 +34,13 @@ class RunRequest(BaseModel):
     minutes: float | None = Field(default=None, gt=0, le=MAX_MINUTES,
                                   description="wall-clock budget; default: the budget preset's")
     max_params: int | None = Field(default=None, description="parameter cap, 2000000 or '2M'")
+    max_latency_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False, description=(
+        "latency cap: batch-1 ms in onnxruntime on the server (autofit run --max-latency-ms)"))
     space: str = "default"
     budget: str = "default"
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    quantize: Literal["int8"] | None = Field(default=None, description="int8: also "
+                                             "model.int8.onnx (autofit run --quantize)")
 
     @field_validator("max_params", mode="before")
     @classmethod

@@ -25,7 +25,9 @@ from torch import nn
 from autofit import models, stopping
 from autofit.config import Recipe, TrialConfig
 from autofit.data.pipeline import Loader
+from autofit.errors import UsageError
 from autofit.models import Classifier, DataShape
+from autofit.models import pretrained as pretrained_nets
 from autofit.records import Progress
 from autofit.train import optim, precision
 
@@ -67,9 +69,11 @@ class Counters:
 
 
 def make_model(config: TrialConfig, shape: DataShape, mean: list[float], std: list[float],
-               device: str = "cpu") -> Classifier:
+               device: str = "cpu", pretrained: bool = False) -> Classifier:
     """The config's model on `device`, channels_last (what the loaders feed), with its
-    parameter count checked against the one the search fitted to the cap."""
+    parameter count checked against the one the search fitted to the cap. `pretrained`: a
+    model about to train from its start, which loads the weights its family starts from
+    (`load_pretrained`); not for a model about to load trained weights."""
     recipe = config.recipe
     net = models.build_for(config.family, config.arch, shape, dropout=recipe.dropout)
     model = Classifier(net, mean, std, tta=recipe.mirror_tta,
@@ -77,7 +81,22 @@ def make_model(config: TrialConfig, shape: DataShape, mean: list[float], std: li
     params = sum(p.numel() for p in model.parameters())
     if params != config.params:
         raise RuntimeError(f"{config.describe()}: built {params} params, counted {config.params}")
+    if pretrained:
+        load_pretrained(model, config)
     return model.to(device, memory_format=torch.channels_last)
+
+
+def load_pretrained(model: Classifier, config: TrialConfig) -> str | None:
+    """The weights `config`'s family starts from, loaded into `model` (made for it): the
+    pretrained family's file (`config.weights`, found when the run started), its head aside.
+    The file loaded, or None for a family that starts from scratch."""
+    if config.family != pretrained_nets.FAMILY:
+        return None
+    if config.weights is None:
+        raise UsageError(f"{config.describe()}: the pretrained family starts from weights, "
+                         "and this configuration names none")
+    pretrained_nets.load(model.net, config.weights)
+    return config.weights
 
 
 def on_gpu(model: nn.Module) -> bool:
@@ -130,7 +149,8 @@ def train(model: nn.Module, loader: Loader, recipe: Recipe, *, stop_at: float,
     the training set's size scales the learning rate down the same way (Goyal et al.'s linear
     rule): the recipe's lr is for its batch. A step is one forward and backward pass, two with
     SAM. With `recipe.ema`, evaluations use the averaged weights, and the model holds them
-    when this returns (what the refit exports).
+    when this returns (what the refit exports). With `recipe.freeze_epochs`, only the head
+    trains until that many epochs were seen (optim.freeze_backbone).
     """
     if math.isinf(total_seconds) and math.isinf(total_steps):
         raise ValueError("train needs total_seconds or total_steps")
@@ -154,6 +174,7 @@ def train(model: nn.Module, loader: Loader, recipe: Recipe, *, stop_at: float,
         if recipe.ema else None
     pending = sorted(m for m in milestones if c.train_s < m < total_seconds)
     state, last = "running", None
+    freeze_images, frozen = recipe.freeze_epochs * len(loader.images), False
     model.train()
     began, paused_s, trained_before, seen_before = time.perf_counter(), 0.0, c.train_s, c.seen
     saved_at, step_s = time.time(), 0.0
@@ -210,8 +231,12 @@ def train(model: nn.Module, loader: Loader, recipe: Recipe, *, stop_at: float,
                 state = "deadline"
                 break
             stopping.check()  # the run was asked to stop: its best model is kept instead
+            if (now_frozen := c.seen < freeze_images) != frozen:
+                frozen = now_frozen
+                optim.freeze_backbone(opt, frozen)
             for group in opt.param_groups:
-                group["lr"] = peak * c.lr_scale * optim.lr_factor(progress(), recipe.schedule)
+                group["lr"] = peak * c.lr_scale * optim.lr_factor(progress(), recipe.schedule) \
+                    * group.get("lr_scale", 1.0)
             try:
                 opt.zero_grad(set_to_none=True)
                 loss = forward_backward(x, y)
@@ -263,6 +288,8 @@ def train(model: nn.Module, loader: Loader, recipe: Recipe, *, stop_at: float,
             report(final, full_state)
     else:
         final = snapshot(state)
+    if frozen:
+        optim.freeze_backbone(opt, False)
     if ema is not None:
         model.load_state_dict(ema.state)
     return final

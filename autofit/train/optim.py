@@ -43,14 +43,28 @@ def peak_lr(recipe: Recipe) -> float:
 
 def build(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     """The recipe's optimizer over `model` (for `sam`, its SGD-Nesterov base: see `SAM`).
-    Weights of rank 2 and up decay; biases and norm parameters do not."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
+    Weights of rank 2 and up decay; biases and norm parameters do not. A fine-tuning recipe
+    (`backbone_lr_scale` under 1 or `freeze_epochs`) splits both groups into the backbone's
+    and the head's (`models.head`): each group's `lr_scale` is its share of the scheduled
+    rate (`backbone_lr_scale` for the backbone, 1 for the head) and `backbone` marks the ones
+    `freeze_backbone` freezes; any other recipe keeps the two groups of old checkpoints."""
     wd = recipe.weight_decay / ADAPTIVE_LR_FACTOR if recipe.optimizer == "adamw" \
         else recipe.weight_decay
-    groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+    head: set[int] = set()
+    if recipe.backbone_lr_scale != 1.0 or recipe.freeze_epochs > 0:
+        from autofit import models
+
+        head = {id(p) for p in models.head(model).parameters()}
+    groups = []
+    for backbone in ((True, False) if head else (False,)):
+        decay, no_decay = [], []
+        for p in model.parameters():
+            if p.requires_grad and (not head or (id(p) not in head) == backbone):
+                (no_decay if p.ndim <= 1 else decay).append(p)
+        extra = {"lr_scale": recipe.backbone_lr_scale if backbone else 1.0,
+                 "backbone": backbone} if head else {}
+        groups += [{"params": decay, "weight_decay": wd, **extra},
+                   {"params": no_decay, "weight_decay": 0.0, **extra}]
     lr, betas = peak_lr(recipe), (recipe.momentum, BETA2)
     if recipe.optimizer in ("sgd", "sam"):
         return torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=True)
@@ -61,6 +75,18 @@ def build(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     if recipe.optimizer == "nadam":
         return torch.optim.NAdam(groups, lr=lr, betas=betas)
     raise ValueError(f"unknown optimizer {recipe.optimizer!r} (known: {', '.join(OPTIMIZERS)})")
+
+
+def freeze_backbone(opt: torch.optim.Optimizer, frozen: bool) -> None:
+    """Turn gradients off (or back on) for the backbone's parameters, the `backbone` groups of
+    `build`: autograd then stops at the head (a frozen step costs the forward pass and the
+    head's backward), and optimizers skip a parameter without a gradient, so the backbone's
+    weights do not move at all, weight decay and momentum included. BatchNorm statistics,
+    buffers, still follow the new data in training mode."""
+    for group in opt.param_groups:
+        if group.get("backbone"):
+            for p in group["params"]:
+                p.requires_grad_(not frozen)
 
 
 def lr_factor(progress: float, schedule: str = "onecycle") -> float:

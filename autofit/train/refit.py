@@ -32,6 +32,7 @@ from autofit.train.loop import (
     EpochEnd,
     TrainState,
     load_checkpoint,
+    load_pretrained,
     load_state,
     make_model,
     save_state,
@@ -78,8 +79,8 @@ def refit(dataset: Dataset, best: TrialRecord, *, stop_at: float, device: str, t
         steps_planned * loader.batch_size / len(x)
     if resume is None and epochs_planned is not None:
         log.info("refit: %s on %d train+val images for %.1fs, about %.1f epochs (%.0f img/s "
-                 "measured in the search)", best.config.describe(), len(x), seconds,
-                 epochs_planned, rate)
+                 "measured in %s)", best.config.describe(), len(x), seconds, epochs_planned, rate,
+                 "the search" if best.number else "the parent run's refit")
     elif resume is None:  # no trial measured this model's speed: its schedule follows time
         log.info("refit: %s on %d train+val images for %.1fs (no trial measured its "
                  "throughput: the schedule follows time)", best.config.describe(), len(x),
@@ -107,8 +108,14 @@ def refit(dataset: Dataset, best: TrialRecord, *, stop_at: float, device: str, t
             log.warning("refit: no warm start, trial %d's checkpoint is unreadable (%s)",
                         best.number, one_line(err))
         else:
-            warm = f"trial {best.number} ({trained:.2f} epochs on train)"
+            warm = f"trial {best.number} ({trained:.2f} epochs on train)" if best.number else \
+                f"the parent run ({trained:.2f} epochs on train+val)"  # autofit extend
             log.info("refit: warm start from the weights of %s", warm)
+    if resume is None and warm is None and (start := load_pretrained(model, best.config)):
+        log.info("refit: starts from the pretrained weights in %s", start)
+    if recipe.freeze_epochs and (warm or (resume or {}).get("warm_start")):
+        recipe = recipe.model_copy(update={"freeze_epochs": 0.0})
+        log.info("refit: the backbone is not frozen again: the warm start's head is trained")
 
     def save(state: TrainState) -> None:
         save_state({**state, "plan": plan, "warm_start": warm}, checkpoint)
