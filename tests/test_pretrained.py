@@ -179,8 +179,11 @@ def test_fine_tuned_beats_the_same_network_from_scratch_at_the_same_budget(runs:
         assert summary["best_config"]["arch"]["net"] == NET
     assert tuned["best_config"]["weights"] == str(runs["weights"])
     assert tuned["best_config"]["recipe"] == cold["best_config"]["recipe"]
-    # Measured: 0.95-0.97 fine-tuned against 0.58-0.72 from scratch (300 test images).
-    assert tuned["test_accuracy"] >= cold["test_accuracy"] + 0.15, (tuned, cold)
+    # Measured, 300 test images: here (45 s, seed 0) 0.820 fine-tuned against 0.580; with
+    # bench/pretrained.py transfer (1 minute, seeds 0-2) 0.817-0.833 against 0.560-0.657, and
+    # 0.630-0.663 from scratch with a from-scratch recipe: margins of 0.16-0.27, where one
+    # score's standard error is about 0.025.
+    assert tuned["test_accuracy"] >= cold["test_accuracy"] + 0.10, (tuned, cold)
     log = (runs["root"] / "tuned" / "run.log").read_text()
     assert f"pretrained: weights for {NAME} ({NAME}.pth) from --weights" in log
     assert f"refit: starts from the pretrained weights in {runs['weights']}" in log
