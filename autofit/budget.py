@@ -363,6 +363,7 @@ def final_reserve(n_test: int, eval_rate: float, *, quantize: bool = False) -> f
 # test-time views): 1.1-1.5 test images per calibration image over 0.1-1.6 s fixed; an INT8
 # test pass 0.55-0.95 of the float one (1.5 on the digits: 0.05 s); a batch-1 run 0.8-2.7.
 CALIBRATION_IMAGES = 256  # training images the activation ranges are calibrated on
+CALIBRATIONS, CHOICE_IMAGES = 3, 5000  # methods tried, validation images choosing between them
 QUANTIZE_FIXED_S = 1.0  # pre-processing, the graph rewrite, onnx.checker, saving, sessions
 CALIBRATION_COST = 1.5  # a calibration image: a float pass with every tensor an output
 INT8_PASS_COST = 1.0  # an INT8 test image (the pass stops at the deadline if it is dearer)
@@ -374,10 +375,14 @@ BATCH1_COST = 2.5  # a batch-1 run
 QUANTIZE_MAX_SHARE = 1 / 3
 
 
-def quantize_work_s(n_test: int, eval_rate: float) -> float:
-    """Seconds a kept INT8 model needs: calibration, quantization and its test pass."""
-    images = CALIBRATION_IMAGES * CALIBRATION_COST + n_test * INT8_PASS_COST
-    return QUANTIZE_FIXED_S + EVAL_MARGIN * images / max(eval_rate, 1.0)
+def quantize_work_s(n_test: int, eval_rate: float, n_val: int | None = None) -> float:
+    """Seconds a kept INT8 model needs: each calibration and quantization, their comparison on
+    up to CHOICE_IMAGES of the `n_val` validation images (a float pass and one per calibration;
+    where `n_val` is not known yet, as many as the test images), its test pass."""
+    choice = min(CHOICE_IMAGES, n_test if n_val is None else n_val)
+    images = CALIBRATIONS * (CALIBRATION_IMAGES * CALIBRATION_COST + choice * INT8_PASS_COST) \
+        + choice + n_test * INT8_PASS_COST
+    return CALIBRATIONS * QUANTIZE_FIXED_S + EVAL_MARGIN * images / max(eval_rate, 1.0)
 
 
 def latency_timings_s(eval_rate: float) -> float:
@@ -386,8 +391,8 @@ def latency_timings_s(eval_rate: float) -> float:
     return EVAL_MARGIN * runs / max(eval_rate, 1.0)
 
 
-def quantize_reserve(n_test: int, eval_rate: float) -> float:
-    return quantize_work_s(n_test, eval_rate) + latency_timings_s(eval_rate)
+def quantize_reserve(n_test: int, eval_rate: float, n_val: int | None = None) -> float:
+    return quantize_work_s(n_test, eval_rate, n_val) + latency_timings_s(eval_rate)
 
 
 def int8_planned(int8_s: float, trainable_s: float) -> bool:

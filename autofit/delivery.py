@@ -49,7 +49,7 @@ def deliver_here(ctx: RunContext, dataset: Dataset, keeper: best_so_far.BestSoFa
     _exported(ctx, export)
     _within_latency(ctx, dataset, metadata, model)
     ctx.start_phase("evaluate")
-    if ctx.budget.quantize is not None:  # the test pass keeps its predictions for the INT8 check
+    if quantize.wanted(ctx) and not ctx.args.parent:  # the test pass keeps its predictions
         tested = quantize.float_test_pass(model_path, dataset, ctx.threads)
         _tested(ctx, dataset, tested.score)
         quantize.deliver_int8(ctx, dataset, tested)
@@ -104,7 +104,7 @@ def deliver_on_cluster(ctx: RunContext, dataset: Dataset, keeper: best_so_far.Be
             _tested(ctx, dataset, message.score)
     if ctx.test is None:
         raise AutofitError("the refit and export on the cluster ended without a test score")
-    if ctx.budget.quantize is not None:  # model.onnx is here: quantized on the driver
+    if quantize.wanted(ctx) and not ctx.args.parent:  # model.onnx is here: quantized here
         quantize.deliver_int8(ctx, dataset)
 
 

@@ -58,10 +58,12 @@ class Parent:
                                  f"from the parent's refit weights and compares with its model")
         self.summary = summary
 
-    def args(self, minutes: float) -> RunArgs:
-        """The parent's arguments with the extension's minutes, run on this machine."""
+    def args(self, minutes: float, quantize: str | None = None) -> RunArgs:
+        """The parent's arguments with the extension's minutes (and `quantize` where given),
+        run on this machine."""
         parent = self.state.args
-        budget = Budget(**{**parent.budget.model_dump(), "minutes": minutes})
+        budget = Budget(**{**parent.budget.model_dump(), "minutes": minutes,
+                           **({"quantize": quantize} if quantize else {})})
         return parent.model_copy(update={"budget": budget, "parent": str(self.run_dir),
                                          "ray_address": None, "storage": None})
 

@@ -22,7 +22,7 @@ from autofit.data import pipeline
 from autofit.data.dataset import Dataset, load
 from autofit.data.sources import NAMED
 from autofit.deliver import best as best_so_far
-from autofit.deliver import latency
+from autofit.deliver import latency, quantize
 from autofit.deliver.export import model_metadata
 from autofit.environment import scoped_environment
 from autofit.errors import (
@@ -126,10 +126,12 @@ def resume(run_dir: str | Path, *, ray_address: str | None = None,
 
 
 def extend(parent: str | Path, minutes: float, *, out: str | Path | None = None,
-           started_at: float | None = None, quiet: bool = False) -> RunResult:
+           quantize: str | None = None, started_at: float | None = None,
+           quiet: bool = False) -> RunResult:
     """Train the finished run at `parent` for `minutes` more, from its refit weights, as a new
-    run that names it; the better model on validation is kept (autofit/extension.py)."""
-    args = extension.Parent(Path(parent)).args(minutes)
+    run that names it; the better model on validation is kept (autofit/extension.py), and
+    quantized where `quantize` (or the parent's budget) asks."""
+    args = extension.Parent(Path(parent)).args(minutes, quantize)
     return _execute(Journal.create(prepare_run_dir(out), args), started_at, quiet)
 
 
@@ -205,6 +207,8 @@ def _run(ctx: RunContext) -> RunResult:
             delivery.deliver_on_cluster(ctx, dataset, keeper, metadata)
         if ctx.args.parent:
             ctx.extension = extension.keep_better(ctx, dataset)
+            if quantize.wanted(ctx):  # the model kept, whichever it is
+                quantize.deliver_int8(ctx, dataset)
 
     ctx.start_phase("report")
     summary = summaries.finished(ctx, dataset, space.source)

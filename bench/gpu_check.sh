@@ -18,7 +18,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STAGE=.gpu
-PART_MB=48  # with the repository (about 10 MB) under the 64 MiB a call carries
+PART_MB=58  # with the repository (about 2 MB) under the 64 MiB a call carries
 TRAIN_PER_CLASS=2000
 TEST_PER_CLASS=200
 
@@ -28,14 +28,18 @@ prepare() {
   rm -rf "$STAGE" && mkdir -p "$STAGE/wheels" "$STAGE/run"
   local py=${PYTHON:-.venv/bin/python}
   local pins=()
-  for name in nvidia-dali-cuda130 ray pydantic pydantic-core; do
+  # autofit's needs that the device image lacks (see its package list), with their own needs:
+  # DALI decodes through nvimgcodec, Ray validates with jsonschema, the TPE searcher is optuna's.
+  for name in nvidia-dali-cuda130 nvidia-nvimgcodec-cu13 nvidia-libnvcomp-cu13 astunparse gast \
+      libcst makefun nvtx optree ray jsonschema jsonschema-specifications referencing rpds-py \
+      pydantic pydantic-core annotated-types typing-inspection optuna alembic sqlalchemy \
+      colorlog mako; do
     pins+=("$name==$("$py" -m pip show "$name" | awk '/^Version:/{print $2}')")
   done
-  # Ray's and pydantic's own needs that the device image lacks (see its package list).
   "$py" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
-    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 -d "$STAGE/wheels" "${pins[@]}" annotated-types \
-    typing-inspection optuna alembic sqlalchemy colorlog mako || return 1
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$STAGE/wheels" \
+    "${pins[@]}" || return 1
   tar -C "$STAGE/wheels" -cf "$STAGE/wheels.tar" .
   rm -rf "$STAGE/wheels"
   (cd "$STAGE" && split -b "${PART_MB}m" -d -a 1 wheels.tar wheels.tar.) && rm "$STAGE/wheels.tar"
@@ -59,6 +63,14 @@ receive() {
   mkdir -p /tmp/autofit-gpu && cp ".gpu/part-$1"/* /tmp/autofit-gpu/ && ls -la /tmp/autofit-gpu
 }
 
+install_wheels() {  # the wheels received in parts, and the CIFAR-10 slice
+  (cd /tmp/autofit-gpu && cat wheels.tar.* | tar -xf -) || { echo "no wheels: receive the parts first"; exit 1; }
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site /tmp/autofit-gpu/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+  mkdir -p /tmp/cifar && tar -C /tmp/cifar -xf .gpu/run/cifar10-slice.tar
+}
+
 step() {  # step NAME SECONDS COMMAND...: run it, keep its log and exit code in the results
   local name=$1 limit=$2; shift 2
   local start=$SECONDS
@@ -72,11 +84,7 @@ step() {  # step NAME SECONDS COMMAND...: run it, keep its log and exit code in 
 run() {
   OUT=${OUT:-/tmp/gpu_check_out}; mkdir -p "$OUT"; : >"$OUT/steps.jsonl"
   export PYTHONUNBUFFERED=1
-  (cd /tmp/autofit-gpu && cat wheels.tar.* | tar -xf -) || { echo "no wheels: receive the parts first"; exit 1; }
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site /tmp/autofit-gpu/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-  mkdir -p /tmp/cifar && tar -C /tmp/cifar -xf .gpu/run/cifar10-slice.tar
+  install_wheels
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu.csv"
   step self_test 120 python3 -c "
 import json, torch
@@ -104,9 +112,25 @@ print(json.dumps({"gpu": report["gpu"], "steps": steps}, indent=2))
 PY
 }
 
+deploy() {  # issue 22's paths on the GPU: INT8 + a latency cap, and the pretrained family
+  OUT=${OUT:-/tmp/gpu_check_out}; mkdir -p "$OUT"; : >"$OUT/steps.jsonl"
+  export PYTHONUNBUFFERED=1
+  install_wheels
+  step deploy_2min 200 python3 -m autofit run --data /tmp/cifar --minutes 2 --max-params 2M \
+    --quantize int8 --max-latency-ms 0.5 --seed 0 --out /tmp/gpu_deploy
+  python3 -c "
+import json; s = json.load(open('/tmp/gpu_deploy/summary.json'))
+print(json.dumps({k: s.get(k) for k in ('test_accuracy', 'int8', 'latency', 'device', 'data_path')}))
+" >"$OUT/deploy.json"
+  step pretrained 260 python3 bench/pretrained.py transfer --seeds 0 --minutes 0.75 \
+    --out "$OUT/pretrained.json"
+  cat "$OUT/deploy.json" "$OUT/steps.jsonl"
+}
+
 case "${1:-}" in
   prepare) shift; prepare "$@" ;;
   receive) receive "$2" ;;
   run) run ;;
+  deploy) deploy ;;
   *) echo "usage: bash bench/gpu_check.sh prepare [CIFAR10_DIR] | receive K | run" >&2; exit 2 ;;
 esac

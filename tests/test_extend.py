@@ -88,7 +88,7 @@ def test_an_extension_killed_in_its_refit_resumes_and_keeps_the_better_model(par
     assert "extends" in (out / "report.html").read_text()
 
 
-def test_the_parents_model_stays_where_the_extension_scores_worse(
+def test_the_parents_model_stays_where_the_extension_scores_worse_and_is_quantized(
         parent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     real = extension._val
 
@@ -97,7 +97,8 @@ def test_the_parents_model_stays_where_the_extension_scores_worse(
         return Score(0.0, score.confusion) if path.parent == ctx.run_dir else score
 
     monkeypatch.setattr(extension, "_val", worse_extension)
-    result = extend(parent, EXTEND_MINUTES, out=tmp_path / "kept-parent", quiet=True)
+    result = extend(parent, EXTEND_MINUTES, out=tmp_path / "kept-parent", quantize="int8",
+                    quiet=True)
     info = result.summary.extension
     assert info is not None and info.kept == "parent" and info.val_accuracy == 0.0
     out = result.run_dir
@@ -107,6 +108,10 @@ def test_the_parents_model_stays_where_the_extension_scores_worse(
     assert parent_summary is not None
     assert result.test_accuracy == pytest.approx(parent_summary.test_accuracy)  # re-scored
     assert result.summary.elapsed_s <= EXTEND_MINUTES * 60 + 5
+    int8 = result.summary.int8  # quantized after the pick: the parent's model, not the other
+    assert int8 is not None and int8.status in ("kept", "rejected"), int8
+    assert int8.float_test_accuracy == pytest.approx(parent_summary.test_accuracy)
+    assert (out / "model.int8.onnx").is_file() == (int8.status == "kept")
 
 
 def test_what_cannot_be_extended_is_a_one_line_error(parent: Path, tmp_path: Path):

@@ -33,7 +33,7 @@ from autofit.budget import (
 from autofit.config import RunArgs
 from autofit.context import RunContext
 from autofit.data.dataset import Dataset, load
-from autofit.deliver import latency, quantize
+from autofit.deliver import int8_file, latency, quantize
 from autofit.deliver.evaluate import score_onnx
 from autofit.deliver.export import export_onnx, ort_session, to_input
 from autofit.journal import Journal
@@ -157,10 +157,17 @@ def test_the_int8_model_is_kept_checked_and_carries_the_metadata(quantized_run):
     assert {k: meta[k] for k in float_meta} == float_meta
     assert set(meta) == set(float_meta) | {"quantization"}
     made = json.loads(meta["quantization"])
-    assert made["format"] == "QDQ" and made["calibration_method"] == "MinMax"
+    assert made["format"] == "QDQ" and made["calibration_method"] in int8_file.CALIBRATIONS
+    # the calibration chosen on validation images, every candidate's agreement recorded
+    chosen = f"{int8_file.METHOD_LINE}, {made['calibration_method']} calibration (top-1 "
+    assert q.method.startswith(chosen), q.method
+    agreements = dict(part.rsplit(" ", 1) for part in
+                      q.method.split(": ")[-1].rstrip(")").split(", "))
+    assert set(agreements) == set(int8_file.CALIBRATIONS), q.method
+    assert float(agreements[made["calibration_method"]]) == max(map(float, agreements.values()))
     assert summary.data is not None
-    assert made["calibration_images"] == q.calibration_images == min(
-        256, summary.data.sizes["train"])
+    expected = min(256, summary.data.sizes["train"])
+    assert made["calibration_images"] == q.calibration_images == expected - expected % 32
     assert made["calibration_source"] == "train" and made["from"] == "model.onnx"
     assert f"int8: {path} (test accuracy" in printed
 
@@ -225,8 +232,9 @@ def test_inspect_shows_either_file_with_its_own_accuracy(quantized_run):
     assert proc.returncode == 0, proc.stderr
     lines = dict(line.split(None, 1) for line in proc.stdout.splitlines())
     assert float(lines["test_accuracy"]) == pytest.approx(q.test_accuracy)
+    made = q.method.removeprefix(f"{int8_file.METHOD_LINE}, ").split(" calibration (")[0]
     assert lines["quantization"] == ("QDQ: activations uint8 per tensor, weights int8 per "
-                                     f"channel, MinMax calibration on {q.calibration_images} "
+                                     f"channel, {made} calibration on {q.calibration_images} "
                                      "training images")
     assert f"agreement {q.agreement:.4f}" in lines["int8"]
     proc = _cli("inspect", str(out / "model.onnx"))
@@ -398,7 +406,7 @@ def test_the_int8_file_is_much_smaller_for_a_model_with_enough_weights(tmp_path)
     images = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
     float_path, int8_path = tmp_path / "model.onnx", tmp_path / "model.int8.onnx"
     export_onnx(model, float_path, images, {"classes": list("abcdefghij")}, 2)
-    quantize.quantize_file(float_path, int8_path, images)
+    int8_file.quantize_file(float_path, int8_path, images)
     onnx.checker.check_model(onnx.load(str(int8_path)), full_check=True)
     assert int8_path.stat().st_size < float_path.stat().st_size / 2.5
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".int8-")]

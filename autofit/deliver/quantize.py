@@ -14,14 +14,11 @@ with model.onnx. Where the time left before the deadline cannot pay for it, it i
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +27,7 @@ import numpy as np
 
 from autofit import events, faults
 from autofit.budget import (
-    CALIBRATION_IMAGES,
+    CHOICE_IMAGES,
     EVAL_MARGIN,
     EXIT_RESERVE_S,
     QUANTIZE_MAX_SHARE,
@@ -45,6 +42,12 @@ from autofit.data.dataset import Dataset
 from autofit.deliver import best as best_so_far
 from autofit.deliver.evaluate import BATCH, Score, onnx_rate, untrained_speed
 from autofit.deliver.export import ort_session, to_input
+from autofit.deliver.int8_file import (
+    CALIBRATION_METHODS,
+    METHOD_LINE,
+    calibration_sample,
+    quantize_file,
+)
 from autofit.deliver.latency import batch1_latency
 from autofit.errors import AutofitError, one_line
 from autofit.records import QuantizedInfo
@@ -54,105 +57,6 @@ FLOAT = "model.onnx"
 # The bar a quantized model must reach to be kept: it disagrees with the float model on at
 # most 1 test image in 100. The float model's own accuracy stands beside it in the record.
 AGREEMENT_BAR = 0.99
-CALIBRATION_BATCH = 32
-# The convolutions alone: they carry nearly all the weights and the compute. Quantizing every
-# op (the GELUs' Add/Mul/Div, pooling) gave the same speed on a CIFAR-sized fastnet and
-# ResNet-20 (2.51 ms at batch 1 against 2.42 ms) in larger files and up to 2.6x the quantize
-# time. The classifier heads (Gemm) stay float: on a weak digits model (46% test accuracy,
-# close logits) quantizing them too cut the top-1 agreement from 0.9861 to 0.9666; on two
-# strong ones it was 1.0 either way. With the heads quantized, percentile and entropy
-# calibration did no better than MinMax on the weak model (0.9694 and 0.9666 against 0.9666),
-# and onnxruntime's versions of both fail on a last calibration batch that is short.
-QUANTIZED_OPS = ("Conv",)
-# uint8 activations and int8 per-channel weights (U8S8): on this x86 CPU, int8 activations
-# (S8S8) made the models slower than float at batch 1 (fastnet width 64 on 32x32 images with
-# its 6 test-time views: 7.1 ms against 4.1 ms float, and 2.4 ms with U8S8; ResNet-20: 1.41,
-# 1.21 and 0.48 ms), as onnxruntime's guide says for x86 CPUs.
-METHOD = {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
-          "activations": "uint8 per tensor", "weights": "int8 per channel",
-          "ops": list(QUANTIZED_OPS), "calibration_method": "MinMax",
-          "pre_process": "onnxruntime.quantization.shape_inference.quant_pre_process"}
-METHOD_LINE = ("onnxruntime quantize_static, QDQ, uint8 activations per tensor, int8 weights per "
-               "channel, Conv layers (the heads stay float), MinMax calibration")
-
-
-class Calibration:
-    """onnxruntime's CalibrationDataReader over uint8 images: the model's own input, float32
-    N x C x H x W in [0, 1], in batches."""
-
-    def __init__(self, images: np.ndarray, input_name: str = "input") -> None:
-        self.images, self.input_name, self.start = images, input_name, 0
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.start >= len(self.images):
-            return None
-        batch = self.images[self.start:self.start + CALIBRATION_BATCH]
-        self.start += CALIBRATION_BATCH
-        return {self.input_name: to_input(batch)}
-
-    def rewind(self) -> None:
-        self.start = 0
-
-
-def calibration_sample(images: np.ndarray, seed: int, count: int = CALIBRATION_IMAGES
-                       ) -> np.ndarray:
-    """A seeded sample of the training images, in their order: ranges from a few hundred
-    images are the ranges of the data (every class of CIFAR-10 is in 256 draws)."""
-    if len(images) <= count:
-        return images
-    picked = np.random.default_rng(seed).choice(len(images), count, replace=False)
-    return images[np.sort(picked)]
-
-
-def quantize_file(float_path: Path, out_path: Path, calibration: np.ndarray) -> None:
-    """Write `out_path`: `float_path` quantized (METHOD), with the float file's metadata and a
-    `quantization` entry saying what was done. Intermediate files stay beside `out_path`."""
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(Calibration, CalibrationDataReader):
-        pass
-
-    with tempfile.TemporaryDirectory(prefix=".int8-", dir=out_path.parent) as tmp, \
-            _quiet_root_logger():
-        prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "quantized.onnx"
-        quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(quantized), Reader(calibration),
-                        quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax,
-                        op_types_to_quantize=list(QUANTIZED_OPS))
-        proto = onnx.load(str(quantized))
-    source = onnx.load(str(float_path), load_external_data=False)
-    del proto.metadata_props[:]
-    for prop in source.metadata_props:
-        proto.metadata_props.add(key=prop.key, value=prop.value)
-    proto.metadata_props.add(key="quantization", value=json.dumps(
-        {**METHOD, "calibration_images": len(calibration), "calibration_source": "train",
-         "from": float_path.name}))
-    onnx.save(proto, str(out_path))
-
-
-@contextmanager
-def _quiet_root_logger() -> Iterator[None]:
-    """onnxruntime's quantization tools warn on the root logger (Python prints that on stderr
-    when it has no handler); the run's own log says what was done instead."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
 def predictions(path: Path, images: np.ndarray, threads: int, stop_at: float = math.inf
                 ) -> np.ndarray | None:
     """Each image's top-1 class by the ONNX file at `path` in onnxruntime; None where the
@@ -195,9 +99,9 @@ def float_test_pass(path: Path, dataset: Dataset, threads: int) -> FloatPass:
 
 
 def wanted(ctx: RunContext) -> bool:
-    """Whether this run makes model.int8.onnx in its delivery: asked for, and not an `autofit
-    extend` run, which picks its model (its own or its parent's) after the test pass."""
-    return ctx.budget.quantize is not None and not ctx.args.parent
+    """Whether this run makes model.int8.onnx: asked for (an `autofit extend` run makes it
+    after it has picked its model, its own or its parent's)."""
+    return ctx.budget.quantize is not None
 
 
 def reserve_s(ctx: RunContext, dataset: Dataset, rate: float, other_s: float) -> float:
@@ -207,8 +111,9 @@ def reserve_s(ctx: RunContext, dataset: Dataset, rate: float, other_s: float) ->
     test pass's planned speed, is that where it was timed on the winner's best_so_far.onnx;
     else it may be a trial's PyTorch evaluation of a few validation images (19 images/s on 24,
     where onnxruntime ran the model at thousands), and this reserve, some 700 test images'
-    worth besides the test set, took all of a 1-minute run's refit. On a cluster the float
-    predictions are made again on the driver: one more float test pass."""
+    worth besides the test set, took all of a 1-minute run's refit. On a cluster (the test
+    pass ran on a node) and in an extension (its model is picked after the test pass) the
+    float predictions are made again: one more float test pass."""
     if not wanted(ctx):
         return 0.0
     assert ctx.outcome is not None
@@ -217,8 +122,9 @@ def reserve_s(ctx: RunContext, dataset: Dataset, rate: float, other_s: float) ->
         with suppress(OSError, RuntimeError, ValueError, AutofitError):  # else: as planned
             rate = untrained_speed(best.config, dataset, ctx.run_dir, ctx.threads)
     n_test = len(dataset.y_test)
-    again = EVAL_MARGIN * n_test / max(rate, 1.0) if ctx.cluster is not None else 0.0
-    need, trainable = quantize_reserve(n_test, rate) + again, ctx.clock.left() - other_s
+    again = EVAL_MARGIN * n_test / max(rate, 1.0) if _float_pass_again(ctx) else 0.0
+    need = quantize_reserve(n_test, rate, len(dataset.y_val)) + again
+    trainable = ctx.clock.left() - other_s
     if int8_planned(need, trainable):
         return need
     ctx.log.info("refit: model.int8.onnx not planned: its %.1fs would be over %.0f%% of the "
@@ -236,16 +142,18 @@ def deliver_int8(ctx: RunContext, dataset: Dataset, tested: FloatPass | None = N
     the float model is timed and its predictions made again here. A kill during this step
     resumes by doing it again; whatever the outcome, a model.int8.onnx from an earlier life is
     not left beside a record that does not vouch for it."""
-    if ctx.args.parent:
-        info = QuantizedInfo(status="skipped", reason="an autofit extend run picks its model "
-                             "after the test pass (its own or its parent's); not quantized")
-    else:
-        info = _attempt(ctx, dataset, tested)
+    info = _attempt(ctx, dataset, tested)
     if info.status != "kept":
         (ctx.run_dir / FILE).unlink(missing_ok=True)
     ctx.journal.set(int8=info)
     _say(ctx, info)
     return info
+
+
+def _float_pass_again(ctx: RunContext) -> bool:
+    """Whether the INT8 check makes the float model's test predictions again: the test pass
+    ran on a cluster node, or the model checked is an extension's pick, made after it."""
+    return ctx.cluster is not None or bool(ctx.args.parent)
 
 
 def _attempt(ctx: RunContext, dataset: Dataset, tested: FloatPass | None) -> QuantizedInfo:
@@ -257,8 +165,8 @@ def _attempt(ctx: RunContext, dataset: Dataset, tested: FloatPass | None) -> Qua
     rate = tested.rate if tested is not None else onnx_rate(model_path, dataset.x_test,
                                                             ctx.threads)
     again = 0.0 if tested is not None else EVAL_MARGIN * n_test / max(rate, 1.0)
-    planned = quantize_reserve(n_test, rate) + again
-    short = _short_of(ctx, quantize_work_s(n_test, rate) + again,
+    planned = quantize_reserve(n_test, rate, len(dataset.y_val)) + again
+    short = _short_of(ctx, quantize_work_s(n_test, rate, len(dataset.y_val)) + again,
                       "calibration, quantization and the test passes")
     if short is not None:
         return QuantizedInfo(status="skipped", reason=short, planned_s=round(planned, 3))
@@ -292,8 +200,12 @@ def _quantize(ctx: RunContext, dataset: Dataset, out: Path, tested: FloatPass | 
                                  "the float model's test pass, before quantization")
         start = time.time()
         faults.kill_at("quantize")
-        quantize_file(model_path, tmp, calibration)
-        facts.update(quantize_s=round(time.time() - start, 3), int8_bytes=tmp.stat().st_size)
+        chosen = _quantize_best(ctx, dataset, tmp, calibration, stop_at)
+        if chosen is None:
+            return QuantizedInfo(status="skipped", **facts, reason="the deadline came while "
+                                 "the calibrations were compared")
+        facts.update(method=f"{METHOD_LINE}, {chosen}", quantize_s=round(time.time() - start, 3),
+                     int8_bytes=tmp.stat().st_size)
         try:
             onnx.checker.check_model(onnx.load(str(tmp)), full_check=True)
         except Exception as err:  # noqa: BLE001 - the checker's ValidationError and kin
@@ -321,6 +233,38 @@ def _quantize(ctx: RunContext, dataset: Dataset, out: Path, tested: FloatPass | 
         return QuantizedInfo(status="kept", path=str(out), **facts)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _quantize_best(ctx: RunContext, dataset: Dataset, out: Path, calibration: np.ndarray,
+                   stop_at: float) -> str | None:
+    """`out`: the model quantized with each of CALIBRATION_METHODS, the one that agrees more
+    with the float model on the first CHOICE_IMAGES validation images (the test images stay
+    for the verification); the choice as words, or None where the deadline came first."""
+    model_path, images = ctx.run_dir / FLOAT, dataset.x_val[:CHOICE_IMAGES]
+    reference = predictions(model_path, images, ctx.threads, stop_at) if len(images) else None
+    agreements: dict[str, float] = {}
+    for method in CALIBRATION_METHODS if reference is not None else CALIBRATION_METHODS[:1]:
+        candidate = out.with_name(f"{out.stem}.{method}{out.suffix}")
+        try:
+            quantize_file(model_path, candidate, calibration, method)
+            if reference is None:
+                os.replace(candidate, out)
+                return f"{method} calibration"
+            got = predictions(candidate, images, ctx.threads, stop_at)
+            if got is None:
+                break
+            agreement = float(np.mean(got == reference))
+            if not agreements or agreement > max(agreements.values()):
+                os.replace(candidate, out)
+            agreements[method] = agreement
+        finally:
+            candidate.unlink(missing_ok=True)
+    if not agreements:
+        return None
+    best = max(agreements, key=lambda m: agreements[m])  # the first of equals
+    shown = ", ".join(f"{m} {a:.4f}" for m, a in agreements.items())
+    return (f"{best} calibration (top-1 agreement with {FLOAT} on {len(images)} validation "
+            f"images: {shown})")
 
 
 def _latencies(ctx: RunContext, dataset: Dataset, float_path: Path, int8_path: Path,

@@ -10,14 +10,11 @@ Ray, so reading a run needs neither.
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AliasChoices,
-    BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
@@ -25,58 +22,23 @@ from pydantic import (
 
 from autofit.budget import Plan
 from autofit.config import RunArgs, TrialConfig
-from autofit.files import write_atomic
 from autofit.latency_budget import LatencyInfo
+from autofit.records.base import SCHEMA_VERSION, Record, Versioned
+from autofit.records.delivery import (
+    ExportInfo,
+    ExtensionInfo,
+    QuantizedInfo,
+    RefitInfo,
+    TestResult,
+)
 
-SCHEMA_VERSION = 2  # 1: the untyped dicts written before these models (read as they were)
+__all__ = [
+    "NO_CONTENDER", "SCHEMA_VERSION", "UNTRAINED", "BestSoFarRecord", "BudgetFacts", "DataFacts",
+    "DataFingerprint", "ExportInfo", "ExtensionInfo", "FileIssue", "JournalState", "Life",
+    "Progress", "QuantizedInfo", "Record", "RefitInfo", "SearchClock", "SearchOutcome",
+    "Summary", "TestResult", "TrialRecord", "Versioned", "WorkerFacts", "ranked"]
 UNTRAINED = "not trained: search skipped"  # the space's prior when the plan skips the search
 NO_CONTENDER = "not trained: no trial reached its first rung"  # ... or no trial could win
-RecordT = TypeVar("RecordT", bound="Record")
-
-
-class Record(BaseModel):
-    """A record on disk: unknown keys are ignored (a newer autofit's files still read) and
-    non-finite floats are written as JSON's NaN/Infinity constants, as Python's json does."""
-
-    model_config = ConfigDict(extra="ignore", ser_json_inf_nan="constants",
-                              populate_by_name=True)
-
-    def write(self, path: Path) -> None:
-        """Atomically: a reader never sees half a record."""
-        write_atomic(path, self.model_dump_json(indent=2) + "\n")
-
-    @classmethod
-    def parse(cls: type[RecordT], raw: bytes | str) -> RecordT:
-        """The record in a JSON document; ValueError (ValidationError is one) when it is not."""
-        return cls.model_validate_json(raw)
-
-    @classmethod
-    def read(cls: type[RecordT], path: Path) -> RecordT | None:
-        """The record at `path`, or None where there is none or it does not validate."""
-        try:
-            return cls.parse(path.read_bytes())
-        except (OSError, ValueError):
-            return None
-
-
-class Versioned(Record):
-    """A record file of its own, stamped with the schema it was written in."""
-
-    schema_version: int = Field(default=SCHEMA_VERSION,
-                                validation_alias=AliasChoices("schema_version", "version"))
-
-    def write(self, path: Path) -> None:
-        """In the current schema, whichever version it was read in."""
-        Record.write(self.model_copy(update={"schema_version": SCHEMA_VERSION}), path)
-
-    @classmethod
-    def parse(cls: type[RecordT], raw: bytes | str) -> RecordT:
-        """As Record.parse; a file with no version was written before the schema existed, and
-        says version 1."""
-        data = json.loads(raw)
-        if isinstance(data, dict) and "schema_version" not in data and "version" not in data:
-            data["schema_version"] = 1
-        return cls.model_validate(data)
 
 
 def ranked(value: float | None, ok: bool) -> float:
@@ -185,81 +147,6 @@ class SearchOutcome(Record):
     def val_accuracy(self) -> float | None:
         """The winner's validation accuracy; none when no trial was trained (search skipped)."""
         return self.best.score if self.searched else None
-
-
-class RefitInfo(Record):
-    seconds_planned: float
-    epochs_planned: float | None
-    epochs: float
-    steps: int
-    seconds: float
-    state: str
-    train_images: int
-    warm_start: str | None = None  # whose weights the refit began from (None: initialised)
-    exports: int = 0  # best_so_far.onnx exports from the refit's weights, in its last life
-    exports_s: float = 0.0  # their cost: export, verification and scoring
-    node: str | None = None  # the Ray node it ran on, as Ray work on a cluster (None: the driver)
-    start_s: float | None = None  # on a cluster: from asking Ray for it to its first step there
-
-
-class ExportInfo(Record):
-    path: str
-    exporter: str
-    opset: int
-    onnx_params: int
-    parity_max_abs_diff: float
-    parity_images: int
-
-
-class ExtensionInfo(Record):
-    """`autofit extend`: the parent run, and which model was kept by validation accuracy (both
-    models trained on the validation images: this guards against a worse restart)."""
-
-    parent: str  # the parent's run directory
-    kept: Literal["extended", "parent"]
-    val_images: int
-    val_accuracy: float  # the extended model's
-    parent_val_accuracy: float
-    test_accuracy: float  # the extended model's, whichever was kept
-    parent_test_accuracy: float | None  # as the parent's summary gives it
-
-
-class QuantizedInfo(Record):
-    """--quantize int8: model.int8.onnx `kept`, or `rejected` (checker, agreement), `skipped`
-    (no time) or `failed` (quantization raised), with why (autofit/deliver/quantize.py)."""
-
-    status: Literal["kept", "rejected", "skipped", "failed"]
-    reason: str | None = None
-    path: str | None = None
-    method: str | None = None
-    calibration_images: int | None = None
-    agreement: float | None = None  # top-1, with model.onnx, on the test images
-    agreement_bar: float | None = None
-    test_accuracy: float | None = None  # model.int8.onnx's, through onnxruntime
-    float_test_accuracy: float | None = None
-    accuracy_drop: float | None = None  # float minus int8
-    test_images: int | None = None
-    int8_bytes: int | None = None
-    float_bytes: int | None = None
-    int8_latency_ms: float | None = None  # batch-1 median after warm-up (deliver/latency.py)
-    float_latency_ms: float | None = None
-    latency_threads: int | None = None
-    latency_runs: int | None = None
-    latency_warmup: int | None = None
-    quantize_s: float | None = None  # calibration and quantization
-    seconds: float | None = None  # all of it, checks and timings included
-    planned_s: float | None = None  # what the final reserve kept for it
-
-
-class TestResult(Record):
-    """The test set through the exported ONNX model in onnxruntime."""
-
-    __test__ = False  # not a pytest class, whatever its name
-
-    accuracy: float
-    images: int
-    confusion: list[list[int]]  # rows: true class, columns: predicted
-    per_class_accuracy: dict[str, float | None]  # None: the class has no test image
 
 
 class BestSoFarRecord(Versioned):
