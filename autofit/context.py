@@ -7,7 +7,7 @@ Set up once per process life by the runner; each phase fills in its result (`pla
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,7 +16,14 @@ from autofit.budget import Budget, Clock, Plan
 from autofit.config import RunArgs
 from autofit.journal import Journal
 from autofit.latency_budget import LatencyInfo, LatencyModel
-from autofit.records import ExportInfo, ExtensionInfo, RefitInfo, SearchOutcome, TestResult
+from autofit.records import (
+    Decision,
+    ExportInfo,
+    ExtensionInfo,
+    RefitInfo,
+    SearchOutcome,
+    TestResult,
+)
 from autofit.storage import Storage
 
 if TYPE_CHECKING:
@@ -43,6 +50,7 @@ class RunContext:
     extension: ExtensionInfo | None = None  # `autofit extend`: which model was kept
     latency: LatencyModel | None = None  # --max-latency-ms: calibrated in setup, for the plan
     latency_info: LatencyInfo | None = None  # --max-latency-ms: the exported model, timed
+    decisions: list[Decision] = field(default_factory=list)  # made from the data, in setup
 
     @property
     def args(self) -> RunArgs:

@@ -231,6 +231,7 @@ def stopped(ctx: RunContext) -> Summary:
         budget=BudgetFacts(minutes=ctx.budget.minutes, max_params=ctx.budget.max_params,
                            search_share=ctx.budget.search_share),
         budget_s=ctx.budget.seconds, best_so_far=record, plan=ctx.plan, refit=ctx.refit,
+        decisions=ctx.decisions,
         export=ctx.export, test=ctx.test, device=ctx.device, data_path=ctx.data_path,
         precision=ctx.precision, data=dataset.facts(), classes=dataset.classes,
         input_shape=list(dataset.shape[:3]), seed=ctx.seed, versions=summaries.versions(),

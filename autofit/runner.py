@@ -18,7 +18,7 @@ from autofit import __version__, delivery, events, extension, faults, stopping
 from autofit.budget import Budget, Clock
 from autofit.config import RunArgs, TrialConfig
 from autofit.context import RunContext
-from autofit.data import pipeline
+from autofit.data import mirror, pipeline
 from autofit.data.dataset import Dataset, load
 from autofit.data.sources import NAMED
 from autofit.deliver import best as best_so_far
@@ -41,6 +41,7 @@ from autofit.records import Summary
 from autofit.reporting import summary as summaries
 from autofit.reporting.leaderboard import write_leaderboard
 from autofit.reporting.logs import close_logger, run_logger
+from autofit.search import decided
 from autofit.search.cluster import check_address
 from autofit.search.latency_fit import check_latency, latency_work
 from autofit.search.space import SearchSpace
@@ -182,6 +183,8 @@ def _run(ctx: RunContext) -> RunResult:
     if weights_found is not None:
         ctx.log.info("%s", weights_found)
     dataset = ctx.dataset = _setup(ctx, space)
+    if not ctx.args.parent:  # an extension trains its parent's configuration as it was
+        space = _decide(ctx, space, dataset)
     stopping.check()  # from here a stop request has test images to score the best model on
     metadata = model_metadata(dataset, ctx.budget)
     if ctx.args.parent:
@@ -262,6 +265,16 @@ def _setup(ctx: RunContext, space: SearchSpace) -> Dataset:
                          f"{fingerprint.model_dump()} now)")
     ctx.journal.set(data=fingerprint)
     return dataset
+
+
+def _decide(ctx: RunContext, space: SearchSpace, dataset: Dataset) -> SearchSpace:
+    """The choices made from the data (data/mirror.py), said in the log and kept for the
+    summary; the space with the knobs they fix."""
+    ctx.decisions = [mirror.decide(dataset, ctx.seed)]
+    for decision in ctx.decisions:
+        events.emit(ctx.log, "decision", "data: %s", decision.evidence, name=decision.name,
+                    pinned=decision.pinned, measured=decision.measured)
+    return decided.pinned(space, ctx.decisions)
 
 
 def _check_caps(ctx: RunContext, space: SearchSpace, shape: DataShape) -> None:

@@ -24,6 +24,7 @@ from autofit.budget import Plan
 from autofit.config import RunArgs, TrialConfig
 from autofit.latency_budget import LatencyInfo
 from autofit.records.base import SCHEMA_VERSION, Record, Versioned
+from autofit.records.decisions import Decision
 from autofit.records.delivery import (
     ExportInfo,
     ExtensionInfo,
@@ -34,8 +35,8 @@ from autofit.records.delivery import (
 
 __all__ = [
     "NO_CONTENDER", "SCHEMA_VERSION", "UNTRAINED", "BestSoFarRecord", "BudgetFacts", "DataFacts",
-    "DataFingerprint", "ExportInfo", "ExtensionInfo", "FileIssue", "JournalState", "Life",
-    "Progress", "QuantizedInfo", "Record", "RefitInfo", "SearchClock", "SearchOutcome",
+    "DataFingerprint", "Decision", "ExportInfo", "ExtensionInfo", "FileIssue", "JournalState",
+    "Life", "Progress", "QuantizedInfo", "Record", "RefitInfo", "SearchClock", "SearchOutcome",
     "Summary", "TestResult", "TrialRecord", "Versioned", "WorkerFacts", "ranked"]
 UNTRAINED = "not trained: search skipped"  # the space's prior when the plan skips the search
 NO_CONTENDER = "not trained: no trial reached its first rung"  # ... or no trial could win
@@ -243,6 +244,7 @@ class Summary(Versioned):
     test: TestResult | None = None
     int8: QuantizedInfo | None = None  # --quantize int8
     latency: LatencyInfo | None = None  # --max-latency-ms: the exported model, timed
+    decisions: list[Decision] = []  # made from the data before training (data/mirror.py)
     device: str | None = None  # "cpu" or "cuda"
     data_path: str | None = Field(default=None,  # "dali-gpu", "dali-cpu" or "torch"
                                   validation_alias=AliasChoices("data_path", "data_pipeline"))

@@ -46,7 +46,7 @@ def finished(ctx: RunContext, dataset: Dataset, space_source: str) -> Summary:
         best_metrics=best.metrics, best_so_far=best_so_far.read(ctx.run_dir), refit=refit,
         extension=ctx.extension,
         int8=ctx.journal.state.int8 if budget.quantize is not None else None,
-        latency=ctx.latency_info,
+        latency=ctx.latency_info, decisions=ctx.decisions,
         export=export, test=test, device=ctx.device, workers=ctx.journal.state.workers,
         data_path=ctx.data_path, precision=ctx.precision, threads=os.cpu_count(),
         data=dataset.facts(), classes=dataset.classes, input_shape=list(dataset.shape[:3]),
