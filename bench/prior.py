@@ -5,6 +5,7 @@ model scored with each set of test-time views.
     python bench/prior.py --only baseline alternate_flip=true --seeds 2
     python bench/prior.py --only baseline whiten=0 --seeds 2 --width 16   # the whitened stem
     python bench/prior.py --epochs 0.5 --train-per-class 50 --test-per-class 20 --out /tmp/p.json
+    python bench/prior.py --only baseline --width 24 32 --epochs 10 16   # a width x epochs grid
     AUTOFIT_PRECISION=fp32 python bench/prior.py --only baseline   # float32 (train/precision.py)
 
 The prior (`first:` of search_spaces/default.yaml, fastnet depth 2) trains on the CIFAR-10
@@ -58,8 +59,9 @@ VIEWS = {"none": (False, False), "flip": (True, False), "flip+translate": (True,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_data_argument(parser)
-    parser.add_argument("--epochs", type=float, default=6.0)
-    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--epochs", type=float, nargs="+", default=[6.0],
+                        help="epochs of each run; several: each width at each (a grid)")
+    parser.add_argument("--width", type=int, nargs="+", default=[16])
     parser.add_argument("--seeds", type=int, default=1, help="runs per variant")
     parser.add_argument("--only", nargs="*", choices=list(VARIANTS), default=None)
     parser.add_argument("--train-per-class", type=int, default=0, help="0: all 5,000")
@@ -87,25 +89,34 @@ def main() -> int:
                            threads=args.threads)
     knobs = models.knobs(first.family)
     runs: list[dict[str, Any]] = []
+    grid = [(w, e) for w in args.width for e in args.epochs]
     for seed in range(args.seeds):
-        for name in args.only or list(VARIANTS):
-            arch = {k: v for k, v in VARIANTS[name].items() if k in knobs}
-            recipe = Recipe.model_validate({**first.training, **{
-                k: v for k, v in VARIANTS[name].items() if k not in knobs}})
-            model, loader = prior_model(data, first, args.width, recipe, seed, args.threads,
-                                        arch)
-            tick = time.perf_counter()
-            final = train(model, loader, recipe, stop_at=math.inf,
-                          total_steps=args.epochs * len(loader))
-            run: dict[str, Any] = {"variant": name, "seed": seed, "epochs": final.epoch,
-                                   "train_s": round(time.perf_counter() - tick, 1), "test": {}}
-            for view, (tta, translate) in VIEWS.items():
-                model.tta, model.translate = tta, translate
-                accuracy, rate, _ = evaluate(model, test)
-                run["test"][view] = {"accuracy": round(accuracy, 4), "images_per_s": round(rate)}
-            runs.append(run)
-            print(f"seed {seed} {name:20s} " + "  ".join(
-                f"{v} {run['test'][v]['accuracy']:.4f}" for v in VIEWS), flush=True)
+        for width, epochs in grid:
+            for name in args.only or list(VARIANTS):
+                arch = {k: v for k, v in VARIANTS[name].items() if k in knobs}
+                recipe = Recipe.model_validate({**first.training, **{
+                    k: v for k, v in VARIANTS[name].items() if k not in knobs}})
+                model, loader = prior_model(data, first, width, recipe, seed, args.threads,
+                                            arch)
+                tick = time.perf_counter()
+                final = train(model, loader, recipe, stop_at=math.inf,
+                              total_steps=epochs * len(loader))
+                train_s = time.perf_counter() - tick
+                run: dict[str, Any] = {
+                    "variant": name, "seed": seed, "width": width, "epochs": final.epoch,
+                    "params": sum(p.numel() for p in model.parameters()),
+                    "train_s": round(train_s, 1),
+                    "images_per_s": round(final.epoch * len(data.y_train) / train_s, 1),
+                    "test": {}}
+                for view, (tta, translate) in VIEWS.items():
+                    model.tta, model.translate = tta, translate
+                    accuracy, rate, _ = evaluate(model, test)
+                    run["test"][view] = {"accuracy": round(accuracy, 4),
+                                         "images_per_s": round(rate)}
+                runs.append(run)
+                print(f"seed {seed} width {width} epochs {epochs:g} {name:20s} " + "  ".join(
+                    f"{v} {run['test'][v]['accuracy']:.4f}" for v in VIEWS) +
+                    f"  ({run['train_s']:.0f}s)", flush=True)
     means = {name: {view: round(statistics.fmean(
         r["test"][view]["accuracy"] for r in runs if r["variant"] == name), 4) for view in VIEWS}
         for name in dict.fromkeys(r["variant"] for r in runs)}
@@ -117,6 +128,7 @@ def main() -> int:
     record = {"bench": "prior", "data": str(args.data), "epochs": args.epochs,
               "seeds": args.seeds, "model": {"family": first.family, **first.arch,
                                              "width": args.width},
+              "grid": len(grid) > 1,
               "baseline": first.training, "variants": {n: VARIANTS[n] for n in means},
               "train_images": len(data.y_train), "test_images": len(data.y_val),
               "data_path": data.data_path, "precision": precision.choose("cpu").name,
