@@ -10,6 +10,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from autofit.errors import UsageError, one_line
 from autofit.latency_budget import LatencyCap, LatencyModel, LatencyMs, latency_reserve
+from autofit.reserves import (
+    EVAL_RATE_GUESS,
+    QUANTIZE_MAX_SHARE,
+    final_reserve,
+    int8_planned,
+    quantize_reserve,
+    test_pass_rate,
+)
 
 MAX_MINUTES = 7 * 24 * 60
 MIN_MINUTES = 0.25  # start-up alone (imports, Ray) takes seconds; below this nothing can train
@@ -55,13 +64,14 @@ class Budget(BaseModel):
         default=None, gt=0.05, lt=0.95,
         description="share of the trainable time the search gets; None (auto): from the "
                     "measured cost of an epoch, see Plan.make")
-    # 20, not airbench's 10: on CIFAR-10 on 2 cores (bf16, the whitened prior, search
-    # skipped) 10 minutes at 10 took width 64 for 8.8 epochs, 88.56%; at 20, width 44 for
-    # 14.8 epochs, 89.68%. At 5 minutes 20 took width 16 for 20.6 epochs, 86.04%, against
-    # width 24 for 10.8, 86.49% (bench/results/compare-me20.json, compare-whiten*.json).
-    min_epochs: float = Field(
-        default=20.0, ge=0.0,
-        description="epochs the refit must afford a model for the search to try it (0: off)")
+    # auto: the compute frontier (autofit/search/frontier.py) says how many images the refit
+    # should see at each budget on this machine. A fixed 20, fitted in bf16 on an AMX machine,
+    # took width 16 for 28 epochs at 10 minutes in float32 (86.82%) where width 24 for 16
+    # epochs scored 87.75% (bench/results/frontier-w*-e*.json).
+    min_epochs: float | None = Field(
+        default=None, ge=0.0,
+        description="epochs the refit must afford a model for the search to try it (0: off; "
+                    "None, auto: as many as the compute frontier puts first for the budget)")
     # On CIFAR-10 on 2 cores the first rung trained 0.1 epoch at 2, 5 and 10 minutes, and the
     # space's prior won every search: a rung that short ranks noise. With bf16 a 10-minute
     # rung is about 0.5 epoch; one such search scored 86.52% where the prior alone got 88.24%.
@@ -90,9 +100,9 @@ class Budget(BaseModel):
                              f"give at least {MIN_MINUTES}")
         return minutes
 
-    @field_validator("search_share", mode="before")
+    @field_validator("search_share", "min_epochs", mode="before")
     @classmethod
-    def _share(cls, value: object) -> object:
+    def _auto(cls, value: object) -> object:
         return None if value == "auto" else value
 
     @field_validator("quantize", mode="before")
@@ -192,21 +202,19 @@ class Clock:
         return {name: round(seconds, 3) for name, seconds in spent.items()}
 
 
-EXPORT_RESERVE_S = 3.0  # ONNX export, onnx.checker, parity check (0.2-0.3 s measured, 200k params)
-REPORT_RESERVE_S = 3.0  # report.html and its plots (about 1.5 s measured on 2 busy cores)
-EXIT_RESERVE_S = 2.0  # writing the summary, Ray shutdown, interpreter exit
-EVAL_RATE_GUESS = 500.0  # images/s for the test pass when nothing was measured
-EVAL_PASS_SHARE = 1 / 3  # one forward pass of a test image: a third of a training step's cost
-EVAL_MARGIN = 1.15  # on the timed test-pass rate (10-minute CIFAR: 4.4 s taken, 6.8 s predicted)
 MIN_TRIAL_S = 2.0
 
 
 # Bounds of the refit's share of the trainable time when auto. On CIFAR-10 on 2 cores the
 # prior won every search at 2, 5 and 10 minutes, so where an epoch is dear most time refits.
 REFIT_SHARE = (0.3, 0.8)
-# The compute cap's floor on what the refit must afford, in images (about 1,000 steps of 256):
-# min_epochs of a small set (1,438 digits) are too few steps to fit a 1M-parameter model.
+# The compute cap's floor on what the refit must afford, in images (about 1,000 steps of 256),
+# with a fixed min_epochs: 20 epochs of a small set (1,438 digits) are too few steps to fit a
+# 1M-parameter model. With min_epochs auto the frontier weighs a small set's repeats itself.
 MIN_REFIT_IMAGES = 250_000
+# Images a refit of so many seconds should see on this machine, and why: the compute frontier's
+# answer (autofit/search/frontier.py), made by the search phase, which knows the data and space.
+RefitImages = Callable[[float], tuple[float, str]]
 
 
 class Cost(BaseModel):
@@ -225,7 +233,8 @@ class Cost(BaseModel):
 
 
 class ComputeCap(BaseModel):
-    """The most a model may cost per training image: what the refit affords `min_epochs` of."""
+    """The most a model may cost per training image: what the refit affords the images it
+    should see (a fixed `min_epochs`, or the frontier's) in its time."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -259,6 +268,7 @@ class Plan(BaseModel):
     search_deadline: float
     search_share: float | None = None  # what the split gave the search (None in older runs)
     split: str = ""  # why
+    sized: str = ""  # why the compute cap is what it is
     searched: bool = True  # False: the search was skipped and the space's prior trains alone
     cost: Cost | None = None  # this machine's training cost per image (autofit/train/probe.py)
     max_image_s: float | None = None  # training seconds per image the refit affords
@@ -269,13 +279,15 @@ class Plan(BaseModel):
     def make(cls, budget: Budget, clock: Clock, n_test: int, n_train: int = 0,
              cost: Cost | None = None, reduction_factor: int = 3, rungs: int = 3,
              prior: bool = False, test_passes: int = 2,
-             latency: LatencyModel | None = None) -> Plan:
+             latency: LatencyModel | None = None,
+             frontier: RefitImages | None = None) -> Plan:
         """The split and, with a measured `cost`, the compute cap: a model whose refit on
-        `n_train` images could not see `budget.min_epochs` epochs (and MIN_REFIT_IMAGES
-        images) in `refit_s` is not tried.
+        `n_train` images could not see the images it should in `refit_s` is not tried: with
+        `min_epochs` auto, as many as the `frontier` says for that time, else `min_epochs`
+        epochs (and MIN_REFIT_IMAGES images).
 
         With `search_share` auto, the refit gets the time the probe's mid-size model needs
-        for `min_epochs` epochs, within REFIT_SHARE of the trainable time: where an epoch
+        to see them, within REFIT_SHARE of the trainable time: where an epoch
         is dear (CIFAR on a CPU) the refit gets most of it, where it is cheap (a small
         dataset, a GPU) the search does. Where even then the first ASHA rung would train
         under `budget.min_rung_epochs`, and the space has a `prior` to fall back on, the search is
@@ -297,12 +309,13 @@ class Plan(BaseModel):
                 "to search and train; give a larger budget"
             )
         share, split = budget.search_share, "search_share from the budget"
-        if share is None and cost is not None and n_train and budget.min_epochs > 0:
-            need = budget.min_epochs * n_train * cost.reference_s
+        images = refit_images(budget, n_train, frontier) if cost is not None else None
+        if share is None and cost is not None and images is not None:
+            need = images(trainable)[0] * cost.reference_s
             low, high = REFIT_SHARE
             share = 1.0 - min(max(need / trainable, low), high)
-            split = (f"auto: {budget.min_epochs:g} epochs of the probe's mid-size model take "
-                     f"{need:.0f}s of {trainable:.0f}s, refit share within {low:g}-{high:g}")
+            split = (f"auto: the probe's mid-size model takes {need:.0f}s of {trainable:.0f}s "
+                     f"to see the images a refit should, refit share within {low:g}-{high:g}")
         elif share is None:
             share, split = 0.5, "auto without a measured cost: even"
         search_s = share * trainable
@@ -321,11 +334,14 @@ class Plan(BaseModel):
             share = search_s = trial_s = 0.0
             milestones = ()
         refit_s = trainable - search_s
-        max_image_s = None
-        if cost is not None and n_train and budget.min_epochs > 0:  # the refit continues the
-            max_image_s = (refit_s + trial_s) / max(  # winner's trial: its seconds count too
-                budget.min_epochs * n_train, MIN_REFIT_IMAGES)
-        return cls(cost=cost, max_image_s=max_image_s, search_share=round(share, 3),
+        max_image_s, sized = None, "no compute cap"
+        if images is not None:  # the refit continues the winner's trial: its seconds count
+            seen, sized = images(refit_s + trial_s)
+            if budget.min_epochs is not None:  # a fixed floor's cap: at least so many steps
+                seen = max(seen, MIN_REFIT_IMAGES)
+            max_image_s = (refit_s + trial_s) / max(seen, 1.0)
+        return cls(cost=cost, max_image_s=max_image_s, sized=sized,
+                   search_share=round(share, 3),
                    split=split + int8_note, budget_s=budget.seconds,
                    setup_s=round(clock.elapsed(), 3),
                    search_s=round(search_s, 3), trial_s=round(trial_s, 3),
@@ -345,55 +361,16 @@ class Plan(BaseModel):
         return ComputeCap(cost=self.cost, max_image_s=self.max_image_s, latency=latency)
 
 
-def test_pass_rate(train_image_s: float, passes: int = 2) -> float:
-    """Test images per second predicted from a model's training seconds per image and its
-    forward passes per test image (2: flip TTA)."""
-    return 1.0 / (EVAL_PASS_SHARE * passes * train_image_s)
-
-
-def final_reserve(n_test: int, eval_rate: float, *, quantize: bool = False) -> float:
-    """Seconds kept back for export, the onnxruntime test pass, the report, and exit; with
-    `quantize`, for the INT8 model too (`quantize_reserve`)."""
-    return EXPORT_RESERVE_S + EVAL_MARGIN * n_test / max(eval_rate, 1.0) + REPORT_RESERVE_S + \
-        EXIT_RESERVE_S + (quantize_reserve(n_test, eval_rate) if quantize else 0.0)
-
-
-# --quantize int8 (autofit/deliver/quantize.py), priced in images of the float test pass at
-# its measured rate. On 2 busy cores (digits; fastnet width 16, 64 and ResNet-20 on 32x32, 6
-# test-time views): 1.1-1.5 test images per calibration image over 0.1-1.6 s fixed; an INT8
-# test pass 0.55-0.95 of the float one (1.5 on the digits: 0.05 s); a batch-1 run 0.8-2.7.
-CALIBRATION_IMAGES = 256  # training images the activation ranges are calibrated on
-CALIBRATIONS, CHOICE_IMAGES = 3, 5000  # methods tried, validation images choosing between them
-QUANTIZE_FIXED_S = 1.0  # pre-processing, the graph rewrite, onnx.checker, saving, sessions
-CALIBRATION_COST = 1.5  # a calibration image: a float pass with every tensor an output
-INT8_PASS_COST = 1.0  # an INT8 test image (the pass stops at the deadline if it is dearer)
-LATENCY_TIMED_RUNS = 60  # batch-1 runs per model: deliver/latency.py's WARMUP + RUNS
-BATCH1_COST = 2.5  # a batch-1 run
-# The INT8 copy is an extra: its time is planned only where it is at most this share of the
-# time left to train. A 2-minute CIFAR-10 run on busy cores, 10,000 test images priced at the
-# probe's rate, had otherwise had no time to train; unplanned, it is made if time is left.
-QUANTIZE_MAX_SHARE = 1 / 3
-
-
-def quantize_work_s(n_test: int, eval_rate: float, n_val: int | None = None) -> float:
-    """Seconds a kept INT8 model needs: each calibration and quantization, their comparison on
-    up to CHOICE_IMAGES of the `n_val` validation images (a float pass and one per calibration;
-    where `n_val` is not known yet, as many as the test images), its test pass."""
-    choice = min(CHOICE_IMAGES, n_test if n_val is None else n_val)
-    images = CALIBRATIONS * (CALIBRATION_IMAGES * CALIBRATION_COST + choice * INT8_PASS_COST) \
-        + choice + n_test * INT8_PASS_COST
-    return CALIBRATIONS * QUANTIZE_FIXED_S + EVAL_MARGIN * images / max(eval_rate, 1.0)
-
-
-def latency_timings_s(eval_rate: float) -> float:
-    """Seconds for the float and INT8 models' batch-1 latency timings."""
-    runs = (1 + INT8_PASS_COST) * LATENCY_TIMED_RUNS * BATCH1_COST
-    return EVAL_MARGIN * runs / max(eval_rate, 1.0)
-
-
-def quantize_reserve(n_test: int, eval_rate: float, n_val: int | None = None) -> float:
-    return quantize_work_s(n_test, eval_rate, n_val) + latency_timings_s(eval_rate)
-
-
-def int8_planned(int8_s: float, trainable_s: float) -> bool:
-    return int8_s <= QUANTIZE_MAX_SHARE * max(trainable_s, 0.0)
+def refit_images(budget: Budget, n_train: int,
+                 frontier: RefitImages | None) -> RefitImages | None:
+    """What the compute cap asks a refit of so many seconds to see: the frontier's images with
+    `min_epochs` auto, else `min_epochs` epochs of the `n_train` images (at least
+    MIN_REFIT_IMAGES for the cap); None, no cap: `min_epochs` 0, no data, or auto without a
+    frontier."""
+    if budget.min_epochs == 0 or not n_train:
+        return None
+    if budget.min_epochs is None:
+        return frontier
+    fixed = budget.min_epochs * n_train  # the cap takes at least MIN_REFIT_IMAGES (Plan.make)
+    why = f"min_epochs {budget.min_epochs:g} of {n_train:,} images (at least {MIN_REFIT_IMAGES:,})"
+    return lambda seconds: (fixed, why)

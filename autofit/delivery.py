@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 from autofit import events, extension, faults
-from autofit.budget import final_reserve
 from autofit.context import RunContext
 from autofit.data.dataset import Dataset
 from autofit.deliver import best as best_so_far
@@ -25,6 +24,7 @@ from autofit.latency_budget import latency_reserve
 from autofit.models import Classifier
 from autofit.records import BestSoFarRecord, BudgetFacts, ExportInfo, Summary
 from autofit.reporting import summary as summaries
+from autofit.reserves import final_reserve
 from autofit.search.latency_fit import latency_work
 from autofit.storage import REFIT
 from autofit.train.loop import load_state, make_model, save_state, save_weights

@@ -3,6 +3,11 @@
     python bench/compare.py                                 # 2, 5, 10 min at 2M, a b c d
     python bench/compare.py --minutes 0.5 --train-per-class 50 --test-per-class 20 \\
         --contenders b d --out /tmp/compare.json            # smoke
+    AUTOFIT_PRECISION=fp32 python bench/compare.py --data ../shared/datasets/fashion-mnist.npz \\
+        --minutes 2 5 --contenders a b c                    # another dataset, float32
+
+`--data` is a folder of train/ and test/ class folders or a file autofit reads (an .npz);
+AUTOFIT_PRECISION (autofit/train/precision.py) reaches every contender and is recorded.
 
 Every contender runs in a fresh Python process and is timed from outside, so its budget
 covers its own start-up, data loading (one decode of the same folder), training, ONNX export
@@ -196,7 +201,7 @@ def run_autofit(key: str, minutes: float, max_params: int, args: argparse.Namesp
                   over_cap=summary.params > max_params, epochs=refit.epochs,
                   trials=summary.trials, best_config=config.model_dump(),
                   val_accuracy=summary.val_accuracy, autofit_elapsed_s=summary.elapsed_s,
-                  phases=summary.phases, precision=summary.precision,
+                  phases=summary.phases, precision=summary.precision, sized=plan.sized,
                   notes=f"{searcher or 'random'} search, {summary.trials} trials; best "
                         f"{config.family} {arch}" if plan.searched
                   else f"search skipped ({plan.split}); {config.family} {arch}")
@@ -284,7 +289,11 @@ def main() -> int:
     args = parser.parse_args()
     if args.worker is not None:
         return worker(args)
-    if not check_data(args.data, splits=True):
+    if not (args.data.is_file() or check_data(args.data, splits=True)):
+        return 2  # a folder of train/ and test/, or a file autofit reads (Fashion-MNIST's .npz)
+    if args.data.is_file() and (args.train_per_class or args.test_per_class):
+        print("bench: --train-per-class and --test-per-class slice a folder, not "
+              f"{args.data}", file=sys.stderr)
         return 2
     from autofit.budget import Budget, parse_params
 
@@ -298,6 +307,7 @@ def main() -> int:
         "bench": "compare", "max_params": max_params, "minutes": args.minutes,
         "contenders": {k: CONTENDERS[k] for k in args.contenders}, "space": args.space,
         "seed": args.seed, "min_epochs": args.min_epochs, "data": str(args.data),
+        "precision": os.environ.get("AUTOFIT_PRECISION", "auto"),
         "train_per_class": args.train_per_class, "test_per_class": args.test_per_class,
         "work": str(work), "machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "records": [],
@@ -358,9 +368,9 @@ def end_reserve(model: Any, data: Data, folder: Path, threads: int) -> tuple[flo
     graph, same cost), and the onnxruntime images/s it ran at."""
     import torch
 
-    from autofit.budget import EXIT_RESERVE_S
     from autofit.deliver.evaluate import score_onnx
     from autofit.deliver.export import export_onnx
+    from autofit.reserves import EXIT_RESERVE_S
 
     cpu = copy.deepcopy(model).eval().to("cpu", memory_format=torch.contiguous_format)
     tick = time.time()
@@ -416,9 +426,9 @@ def hand_recipe(data: Data, deadline: float, args: argparse.Namespace, threads: 
     import torch
 
     from autofit import models
-    from autofit.budget import EXIT_RESERVE_S, EXPORT_RESERVE_S, test_pass_rate
     from autofit.config import Recipe, TrialConfig
     from autofit.data import pipeline
+    from autofit.reserves import EXIT_RESERVE_S, EXPORT_RESERVE_S, test_pass_rate
     from autofit.train.loop import make_model, train
 
     recipe = Recipe(batch_size=256, lr=0.2, weight_decay=5e-4, momentum=0.9,

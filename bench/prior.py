@@ -7,6 +7,7 @@ model scored with each set of test-time views.
     python bench/prior.py --epochs 0.5 --train-per-class 50 --test-per-class 20 --out /tmp/p.json
     python bench/prior.py --only baseline --width 24 32 --epochs 10 16   # a width x epochs grid
     AUTOFIT_PRECISION=fp32 python bench/prior.py --only baseline   # float32 (train/precision.py)
+    python bench/prior.py --data ../shared/datasets/fashion-mnist.npz --only baseline  # any data
 
 The prior (`first:` of search_spaces/default.yaml, fastnet depth 2) trains on the CIFAR-10
 JPEGs through autofit's own loader and trainer for a fixed number of epochs, so the
@@ -69,7 +70,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "prior.json")
     args = parser.parse_args()
-    if not check_data(args.data, splits=True):
+    if not (args.data.is_file() or check_data(args.data, splits=True)):
         return 2
 
     import torch
@@ -83,7 +84,8 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     path = pipeline.choose("cpu")
-    data = load(args.data, args.train_per_class, args.test_per_class, args.threads, path)
+    data = load(args.data, args.train_per_class, args.test_per_class, args.threads, path) \
+        if args.data.is_dir() else whole(args.data, args.threads, path)
     first = default_prior()
     test = pipeline.loader(data.data_path, data.x_val, data.y_val, EVAL_BATCH, train=False,
                            threads=args.threads)
@@ -131,9 +133,19 @@ def main() -> int:
               "grid": len(grid) > 1,
               "baseline": first.training, "variants": {n: VARIANTS[n] for n in means},
               "train_images": len(data.y_train), "test_images": len(data.y_val),
+              "shape": list(data.shape),
               "data_path": data.data_path, "precision": precision.choose("cpu").name,
               "mean_test_accuracy": means, "translate_gain_over_flip": gains, "runs": runs}
     return write_record(args.out, record)
+
+
+def whole(source: Path, threads: int, path: Any) -> Any:
+    """A dataset autofit reads (an .npz), split as a run splits it (seed 0): the grid trains
+    on its training split and scores on its validation split, so the test images, on which
+    bench/compare.py scores autofit, play no part in the frontier fitted to the grid."""
+    from autofit.data.dataset import load as load_any
+
+    return load_any(source, 0, threads, path=path)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 from common import machine
 
-from autofit.budget import CHOICE_IMAGES
 from autofit.data.dataset import load
 from autofit.deliver import quantize
 from autofit.deliver.int8_file import (
@@ -37,6 +36,7 @@ from autofit.deliver.int8_file import (
 )
 from autofit.deliver.latency import batch1_latency
 from autofit.records import JournalState, Summary
+from autofit.reserves import CHOICE_IMAGES
 
 
 def alternated(float_path: Path, int8_path: Path, shape: tuple[int, int, int],

@@ -12,19 +12,11 @@ import torch
 from torch import nn
 
 from autofit import models
-from autofit.budget import (
-    EVAL_PASS_SHARE,
-    MIN_REFIT_IMAGES,
-    Budget,
-    Clock,
-    ComputeCap,
-    Cost,
-    Plan,
-    final_reserve,
-)
+from autofit.budget import MIN_REFIT_IMAGES, Budget, Clock, ComputeCap, Cost, Plan
 from autofit.config import Recipe, TrialConfig
 from autofit.models import DataShape
 from autofit.presets import preset
+from autofit.reserves import EVAL_PASS_SHARE, final_reserve
 from autofit.search.space import SearchSpace
 from autofit.train import probe
 
@@ -238,7 +230,7 @@ def test_where_the_model_cannot_be_timed_its_test_pass_is_priced_by_its_views(tm
 def test_the_split_follows_the_cost_of_an_epoch():
     """Auto: where an epoch is dear the refit gets most of the time, where it is cheap the
     search does; a share in the budget overrides it; the choice and its reason are kept."""
-    budget = Budget(minutes=10, max_params="2M")
+    budget = Budget(minutes=10, max_params="2M", min_epochs=20)
     assert budget.search_share is None  # auto by default
     dear = Plan.make(budget, Clock(budget.seconds), 10_000, n_train=50_000, cost=COST)
     cheap = Plan.make(budget, Clock(budget.seconds), 300, n_train=1_400, cost=COST)
@@ -251,14 +243,15 @@ def test_the_split_follows_the_cost_of_an_epoch():
     fixed = Budget(minutes=10, max_params="2M", search_share=0.6)
     plan = Plan.make(fixed, Clock(fixed.seconds), 10_000, n_train=50_000, cost=COST)
     assert plan.search_share == 0.6 and "budget" in plan.split
-    assert Budget.from_yaml(preset("budgets", "default")).search_share is None  # "auto"
+    default = Budget.from_yaml(preset("budgets", "default"))
+    assert default.search_share is None and default.min_epochs is None  # "auto"
 
 
 def test_a_search_whose_first_rung_would_rank_noise_is_skipped_for_the_prior():
     """CIFAR-10 on this CPU: the first ASHA rung of a 10-minute search is about 0.05 epoch,
     so the space's prior trains for all the trainable time; where epochs are cheap, where the
     budget fixes a share, or where the space has no prior to fall back on, the search runs."""
-    budget = Budget(minutes=10, max_params="2M")
+    budget = Budget(minutes=10, max_params="2M", min_epochs=20)
     searched = Plan.make(budget, Clock(budget.seconds), 10_000, n_train=50_000, cost=COST)
     skipped = Plan.make(budget, Clock(budget.seconds), 10_000, n_train=50_000, cost=COST,
                         prior=True)

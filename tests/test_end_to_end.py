@@ -62,7 +62,9 @@ def test_cli_run_keeps_the_deadline_and_delivers_a_verified_model(split_folder: 
     assert summary["search_overrun_s"] <= 1.5, summary  # trials stop at the search deadline
     assert summary["classes"] == ["blue", "green", "red", "yellow"]
     assert summary["params"] <= cap and summary["trials"] >= 1
-    assert (out / "run.log").read_text().count("trial 1 start") == 1
+    log = (out / "run.log").read_text()
+    assert log.count("trial 1 start") == 1
+    assert f"({summary['plan']['sized']})" in log and "compute frontier" in log  # the cap, why
 
     with open(out / "leaderboard.csv") as handle:
         rows = list(csv.DictReader(handle))

@@ -18,7 +18,7 @@ LAYERS = [{"cli", "__main__", "client_cli", "files_cli", "client", "client_model
           {"service"}, {"runner", "delivery", "extension"}, {"reporting", "search"},
           {"deliver"}, {"train"}, {"data"}, {"models"},
           {"context"}, {"journal", "events"}, {"records"}, {"config"},
-          {"budget", "presets", "faults", "latency_budget"},
+          {"budget", "presets", "faults", "latency_budget", "reserves"},
           {"files", "errors", "environment", "storage", "stopping"}]
 MAX_LINES = 400
 

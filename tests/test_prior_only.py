@@ -70,6 +70,8 @@ def test_a_skipped_search_trains_the_prior_alone_and_resumes_after_a_kill(
         assert list(csv.DictReader(handle)) == []  # a header, no trials
     log = (out / "run.log").read_text()
     assert "search: skipped; the refit trains the space's prior" in log
+    assert plan["sized"].startswith("the compute frontier puts fastnet width ")  # min_epochs auto
+    assert f"model size: {plan['sized']}" in log  # the log says how the prior was sized
     assert "refit: resuming" in log
     assert "the search was skipped" in (out / "report.html").read_text()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autofit.budget import EVAL_RATE_GUESS, Cost, test_pass_rate
+from autofit.budget import Cost
 from autofit.config import TrialConfig
 from autofit.data.dataset import Dataset
 from autofit.deliver import best as best_so_far
@@ -19,6 +19,7 @@ from autofit.deliver.export import export_onnx, ort_session, to_input
 from autofit.errors import AutofitError
 from autofit.models import count_work
 from autofit.records import TestResult, TrialRecord
+from autofit.reserves import EVAL_RATE_GUESS, test_pass_rate
 from autofit.train.loop import make_model
 
 BATCH = 512

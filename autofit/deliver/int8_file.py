@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from autofit.budget import CALIBRATION_IMAGES
 from autofit.deliver.export import to_input
+from autofit.reserves import CALIBRATION_IMAGES
 
 CALIBRATION_BATCH = 32
 # The convolutions alone: they carry nearly all the weights and the compute. Quantizing every
@@ -40,7 +40,7 @@ CALIBRATIONS: dict[str, tuple[str, dict[str, float]]] = {  # name: method, extra
     "Percentile 99.999": ("Percentile", {"CalibPercentile": 99.999}),
     "Percentile 99.99": ("Percentile", {"CalibPercentile": 99.99}),
 }
-CALIBRATION_METHODS = tuple(CALIBRATIONS)  # as many as budget.CALIBRATIONS
+CALIBRATION_METHODS = tuple(CALIBRATIONS)  # as many as reserves.CALIBRATIONS
 # uint8 activations and int8 per-channel weights (U8S8): on this x86 CPU, int8 activations
 # (S8S8) made the models slower than float at batch 1 (fastnet width 64 on 32x32 images with
 # its 6 test-time views: 7.1 ms against 4.1 ms float, and 2.4 ms with U8S8; ResNet-20: 1.41,

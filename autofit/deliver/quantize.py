@@ -26,17 +26,6 @@ from typing import Any
 import numpy as np
 
 from autofit import events, faults
-from autofit.budget import (
-    CHOICE_IMAGES,
-    EVAL_MARGIN,
-    EXIT_RESERVE_S,
-    QUANTIZE_MAX_SHARE,
-    REPORT_RESERVE_S,
-    int8_planned,
-    latency_timings_s,
-    quantize_reserve,
-    quantize_work_s,
-)
 from autofit.context import RunContext
 from autofit.data.dataset import Dataset
 from autofit.deliver import best as best_so_far
@@ -51,6 +40,17 @@ from autofit.deliver.int8_file import (
 from autofit.deliver.latency import batch1_latency
 from autofit.errors import AutofitError, one_line
 from autofit.records import QuantizedInfo
+from autofit.reserves import (
+    CHOICE_IMAGES,
+    EVAL_MARGIN,
+    EXIT_RESERVE_S,
+    QUANTIZE_MAX_SHARE,
+    REPORT_RESERVE_S,
+    int8_planned,
+    latency_timings_s,
+    quantize_reserve,
+    quantize_work_s,
+)
 
 FILE = "model.int8.onnx"
 FLOAT = "model.onnx"

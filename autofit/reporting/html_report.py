@@ -148,6 +148,8 @@ def _budget(run: run_files.Run, images: dict[str, Path]) -> str:
                 f"{plan.trial_s:.1f} s (ASHA rungs at {list(plan.milestones)} training "
                 f"seconds), refit about {plan.refit_s:.1f} s, {plan.final_reserve_s:.1f} s "
                 "kept for export, the test pass and exit.</p>")
+    if plan is not None and plan.sized:
+        note += f"<p>Model size: {_e(plan.sized)}.</p>"
     return _section("Budget", f"<div class=\"bar\">{bar}</div>", note,
                     f"<table><tr><th>phase</th><th>seconds</th><th>of budget</th></tr>{rows}"
                     "</table>", _figure(images, "timeline"))

@@ -19,6 +19,7 @@ from autofit.data import pipeline
 from autofit.data.dataset import Dataset
 from autofit.errors import AutofitError
 from autofit.records import NO_CONTENDER, UNTRAINED, SearchOutcome, TrialRecord, WorkerFacts
+from autofit.search import frontier
 from autofit.search.cluster import Workers, ray_session
 from autofit.search.packing import Probe
 from autofit.search.space import SearchSpace
@@ -36,7 +37,7 @@ def search_phase(ctx: RunContext, dataset: Dataset, space: SearchSpace,
         assert state.plan is not None  # written before the search started
         return state.search, state.plan
     cost, early = None, state.plan  # an earlier life's plan
-    if early is None and ctx.budget.min_epochs > 0:  # whether to search is decided before
+    if early is None and ctx.budget.min_epochs != 0:  # whether to search is decided before
         # Ray starts; on a cluster, priced at the CPUs a trial and the refit get there (a
         # 2-core driver pricing for 1-CPU nodes sized a 3-minute refit 3.9x too large)
         cost = probe.cost(dataset.shape, ctx.device,
@@ -98,10 +99,8 @@ def ray_for(ctx: RunContext, dataset: Dataset, space: SearchSpace) -> Iterator[W
 
 
 def _say_plan(ctx: RunContext, plan: Plan, where: str) -> None:
-    budget = ctx.budget
     cap = "no compute cap" if plan.max_image_s is None else (
-        f"compute cap {plan.max_image_s * 1e3:.2f} ms per training image "
-        f"({budget.min_epochs:g} refit epochs)")
+        f"compute cap {plan.max_image_s * 1e3:.2f} ms per training image ({plan.sized})")
     ctx.log.info("plan: search share %.0f%%, %s", 100 * (plan.search_share or 0), plan.split)
     events.emit(ctx.log, "plan", "plan: setup %.1fs, search %.1fs (trials of %.1fs, ASHA "
                 "milestones %s), refit ~%.1fs, final reserve %.1fs, %s; %s", plan.setup_s,
@@ -113,9 +112,13 @@ def _say_plan(ctx: RunContext, plan: Plan, where: str) -> None:
 
 def _new_plan(ctx: RunContext, dataset: Dataset, cost: Cost | None, space: SearchSpace,
               prior: bool) -> Plan:
-    return Plan.make(ctx.budget, ctx.clock, len(dataset.y_test),
-                     n_train=len(dataset.y_train) + len(dataset.y_val), cost=cost, prior=prior,
-                     test_passes=space.prior_test_passes, latency=ctx.latency)
+    n_train = len(dataset.y_train) + len(dataset.y_val)  # the refit's images
+    sizing = None if cost is None else frontier.refit_images(
+        set(space.families), dataset.shape, n_train, ctx.budget.max_params, cost,
+        probe=frontier.linear_probe(ctx.decisions))
+    return Plan.make(ctx.budget, ctx.clock, len(dataset.y_test), n_train=n_train, cost=cost,
+                     prior=prior, test_passes=space.prior_test_passes, latency=ctx.latency,
+                     frontier=sizing)
 
 
 def _plan(ctx: RunContext, dataset: Dataset, cost: Cost | None, space: SearchSpace) -> Plan:
@@ -142,8 +145,9 @@ def _prior_only(ctx: RunContext, config: TrialConfig, plan: Plan) -> SearchOutco
     outcome = SearchOutcome(records=[], overrun_s=0.0, prior=TrialRecord(
         number=0, trial_id="", config=config, status=UNTRAINED))
     events.emit(ctx.log, "plan", "plan: setup %.1fs, no search (%s), refit ~%.1fs, final "
-                "reserve %.1fs", plan.setup_s, plan.split, plan.refit_s, plan.final_reserve_s,
-                plan=plan.model_dump(), workers=None,
+                "reserve %.1fs; model size: %s", plan.setup_s, plan.split, plan.refit_s,
+                plan.final_reserve_s, plan.sized or "no compute cap", plan=plan.model_dump(),
+                workers=None,
                 summary=f"plan: no search, the prior trains ~{plan.refit_s:.0f}s")
     ctx.journal.set(search=outcome)
     ctx.log.info("search: skipped; the refit trains the space's prior %s", config.describe())

@@ -2,12 +2,12 @@
 multiply-accumulate and per activation value, from two short real training runs.
 
 The plan turns it into the search's split and compute cap (budget.Plan): a model whose refit
-could not see `min_epochs` epochs in the time the refit gets is not worth a trial. One MAC
-rate alone mis-timed models by up to 4x on a CPU (narrow deep nets are bound by memory
-traffic, wide shallow ones by arithmetic); two reference models with different ratios of
-arithmetic to activations, trained on random pixels in turns (about a second each) on the
-device and threads the trials will use, price both and timed a dozen models of every family at
-0.76-1.67x their measured cost on this 2-core CPU (bench/results/cost_model.json).
+could not see the images the compute frontier asks of it in the time the refit gets is not
+worth a trial. One MAC rate alone mis-timed models by up to 4x on a CPU (narrow deep nets are
+bound by memory traffic, wide shallow ones by arithmetic); two reference models with different
+ratios of arithmetic to activations, trained on random pixels in turns (about a second each) on
+the device and threads the trials will use, price both and timed a dozen models of every family
+at 0.76-1.67x their measured cost on this 2-core CPU (bench/results/cost_model.json).
 """
 
 from __future__ import annotations
