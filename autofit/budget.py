@@ -212,6 +212,11 @@ REFIT_SHARE = (0.3, 0.8)
 # with a fixed min_epochs: 20 epochs of a small set (1,438 digits) are too few steps to fit a
 # 1M-parameter model. With min_epochs auto the frontier weighs a small set's repeats itself.
 MIN_REFIT_IMAGES = 250_000
+# How dear an epoch is, for the split alone: the refit gets the time 20 epochs of the probe's
+# mid-size model take (the split's measure since it was tuned). The frontier's own images
+# cannot serve: it spends all the time it is given on the width it picks, so the refit would
+# always take the most, and on 96 images the search was skipped for rungs of 0.7 epochs.
+SPLIT_EPOCHS = 20.0
 # Images a refit of so many seconds should see on this machine, and why: the compute frontier's
 # answer (autofit/search/frontier.py), made by the search phase, which knows the data and space.
 RefitImages = Callable[[float], tuple[float, str]]
@@ -287,11 +292,11 @@ class Plan(BaseModel):
         epochs (and MIN_REFIT_IMAGES images).
 
         With `search_share` auto, the refit gets the time the probe's mid-size model needs
-        to see them, within REFIT_SHARE of the trainable time: where an epoch
-        is dear (CIFAR on a CPU) the refit gets most of it, where it is cheap (a small
-        dataset, a GPU) the search does. Where even then the first ASHA rung would train
-        under `budget.min_rung_epochs`, and the space has a `prior` to fall back on, the search is
-        skipped and all the trainable time goes to the prior."""
+        for `min_epochs` (auto: SPLIT_EPOCHS) epochs, within REFIT_SHARE of the trainable
+        time: where an epoch is dear (CIFAR on a CPU) the refit gets most of it, where it is
+        cheap (a small dataset, a GPU) the search does. Where even then the first ASHA rung
+        would train under `budget.min_rung_epochs`, and the space has a `prior` to fall back
+        on, the search is skipped and all the trainable time goes to the prior."""
         left = clock.left()
         eval_rate = test_pass_rate(cost.reference_s, test_passes) if cost else EVAL_RATE_GUESS
         reserve = final_reserve(n_test, eval_rate, quantize=budget.quantize is not None) + \
@@ -311,11 +316,12 @@ class Plan(BaseModel):
         share, split = budget.search_share, "search_share from the budget"
         images = refit_images(budget, n_train, frontier) if cost is not None else None
         if share is None and cost is not None and images is not None:
-            need = images(trainable)[0] * cost.reference_s
+            epochs = SPLIT_EPOCHS if budget.min_epochs is None else budget.min_epochs
+            need = epochs * n_train * cost.reference_s
             low, high = REFIT_SHARE
             share = 1.0 - min(max(need / trainable, low), high)
-            split = (f"auto: the probe's mid-size model takes {need:.0f}s of {trainable:.0f}s "
-                     f"to see the images a refit should, refit share within {low:g}-{high:g}")
+            split = (f"auto: {epochs:g} epochs of the probe's mid-size model take "
+                     f"{need:.0f}s of {trainable:.0f}s, refit share within {low:g}-{high:g}")
         elif share is None:
             share, split = 0.5, "auto without a measured cost: even"
         search_s = share * trainable

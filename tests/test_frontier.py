@@ -107,6 +107,13 @@ def test_the_plan_caps_compute_at_the_width_the_frontier_puts_first():
                       prior=True, test_passes=6, frontier=images)
     assert floor.max_image_s == pytest.approx((floor.refit_s + floor.trial_s) / 1_000_000)
     assert "min_epochs 20" in floor.sized
+    # the split is not the frontier's: it spends all the time it is given on its width, so a
+    # split by its images gave the refit the most on 96 images and skipped their search
+    small = frontier.refit_images(set(space.families), CIFAR, 1_400, 2_000_000, cost)
+    cheap = [Plan.make(b, Clock(600.0), 300, n_train=1_400, cost=cost, prior=True,
+                       frontier=small) for b in (budget, fixed)]
+    assert cheap[0].search_share == cheap[1].search_share == pytest.approx(0.7)
+    assert cheap[0].searched and cheap[0].split == cheap[1].split
 
 
 def test_a_pretrained_space_keeps_a_fixed_floor():
