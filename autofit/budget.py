@@ -315,7 +315,7 @@ class Plan(BaseModel):
             )
         share, split = budget.search_share, "search_share from the budget"
         images = refit_images(budget, n_train, frontier) if cost is not None else None
-        if share is None and cost is not None and images is not None:
+        if share is None and cost is not None and n_train and budget.min_epochs != 0:
             epochs = SPLIT_EPOCHS if budget.min_epochs is None else budget.min_epochs
             need = epochs * n_train * cost.reference_s
             low, high = REFIT_SHARE
