@@ -31,6 +31,7 @@ from autofit.data import dataset
 from autofit.data.discover import Found, discover, unreadable_allowance
 from autofit.errors import DataError
 from autofit.service import uploads
+from autofit.service.refusals import DRAIN_BYTES, refusal_headers
 from autofit.service.uploads import Limits
 
 CLASSES = ("ant", "bee", "cat", "dog", "elk")
@@ -43,7 +44,7 @@ async def _upload(request: Request) -> Response:
     try:
         got = await uploads.ingest(request, folder, limits)
     except uploads.UploadError as err:
-        headers = {"connection": "close"} if err.status == 413 else None
+        headers = refusal_headers(request.headers) if err.status == 413 else None  # as the app
         return JSONResponse({"detail": err.message}, status_code=err.status, headers=headers)
     return JSONResponse(got.model_dump(), status_code=201)
 
@@ -379,6 +380,26 @@ def test_upload_over_the_limit_with_content_length(url: str, area: Area, size: i
         assert area.refused(resp, 413) == f"the upload is over the limit of {LIMIT:,} bytes"
     else:
         area.refused(resp, 400, "big.zip is not a readable .zip file")
+    assert resp.headers.get("connection") != "close"  # the rest is read and dropped, not reset
+
+
+def test_a_body_announced_past_the_drain_is_refused_and_its_connection_closed(
+        url: str, area: Area) -> None:
+    """Past DRAIN_BYTES the server reads none of the body: it answers 413 from the headers
+    alone and closes (here the client sends no body, so nothing unread resets the answer)."""
+    TARGET["limits"] = Limits(upload_bytes=LIMIT)
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(f"POST /upload HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/"
+                     f"form-data; boundary=b\r\nContent-Length: {DRAIN_BYTES + 1}\r\n\r\n"
+                     .encode())
+        answer = b""
+        while chunk := sock.recv(65536):  # to the server's close: it waits for no body
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 ") and b"connection: close" in head.lower(), head
+    assert f"over the limit of {LIMIT:,} bytes".encode() in body
+    assert list(area.folder.iterdir()) == []
 
 
 def test_upload_over_the_limit_chunked(url: str, area: Area) -> None:

@@ -22,6 +22,7 @@ from autofit import __version__, stopping
 from autofit.records import BestSoFarRecord, JournalState, Summary
 from autofit.service import events
 from autofit.service.db import Database, new_id
+from autofit.service.refusals import refusal_headers
 from autofit.service.scheduler import Scheduler
 from autofit.service.schemas import (
     DatasetList,
@@ -166,9 +167,8 @@ def create_app(service: Service) -> FastAPI:
             got = await ingest(request, folder, service.limits)
         except UploadError as err:
             shutil.rmtree(folder, ignore_errors=True)
-            # 413: close the connection, or uvicorn reads and drops the rest of the body
-            raise HTTPException(err.status, err.message, headers={"Connection": "close"}
-                                if err.status == 413 else None) from None
+            raise HTTPException(err.status, err.message, headers=refusal_headers(
+                request.headers) if err.status == 413 else None) from None
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -280,7 +280,7 @@ def create_app(service: Service) -> FastAPI:
             raise HTTPException(409, f"run {run_id} has no model yet")
         if int(request.headers.get("content-length") or 0) > PREDICT_BYTES:
             raise HTTPException(413, f"at most {PREDICT_BYTES // 2**20} MiB of images per "
-                                     f"request")
+                                     f"request", headers=refusal_headers(request.headers))
         form = await request.form(max_files=PREDICT_FILES, max_fields=8)
         files = [f for f in form.getlist("files") if not isinstance(f, str)]
         if not files:
