@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -45,8 +46,8 @@ EXPORT_RESERVE_S = 8.0
 KILLED_BUDGET_S = 75.0
 # `autofit run` with two of its constants given first: the export's reserve and the agreement
 # bar.
-CLI = ("import sys; import autofit.budget as b; import autofit.deliver.quantize as q; "
-       "b.EXPORT_RESERVE_S = float(sys.argv.pop(1)); q.AGREEMENT_BAR = float(sys.argv.pop(1)); "
+CLI = ("import sys; import autofit.reserves as r; import autofit.deliver.quantize as q; "
+       "r.EXPORT_RESERVE_S = float(sys.argv.pop(1)); q.AGREEMENT_BAR = float(sys.argv.pop(1)); "
        "from autofit.cli import main; main()")
 
 
@@ -357,6 +358,8 @@ def test_a_run_killed_while_quantizing_resumes_into_its_int8_model(tmp_path):
     state = JournalState.parse((out / "journal.json").read_bytes())
     assert state.status == "running" and state.args.budget.quantize == "int8"
     assert state.int8 is None
+    kept = re.search(r"refit: ([0-9.]+)s kept for export", (out / "run.log").read_text())
+    assert kept and float(kept[1]) >= 20.0, "the export's room did not reach the plan"
 
     env.pop("AUTOFIT_FAULTS")
     proc = _start(["--resume", str(out)], env)
