@@ -225,14 +225,37 @@ def test_the_predictor_times_every_family_within_a_stated_factor(tmp_path: Path)
              ("resnet", {"depth": 14, "width": 12}, 1), ("resnet", {"depth": 26, "width": 8}, 1),
              ("wrn", {"depth": 16, "widen": 1}, 1), ("wrn", {"depth": 10, "widen": 2}, 1),
              ("pyramidnet", {"depth": 26, "alpha": 32, "shakedrop": 1}, 1)]
+    reference = model.references[0]  # timed again beside each case (below)
+    again = _exported(_net(reference.family, reference.arch, reference.passes, shape),
+                      tmp_path / "r.onnx", shape)
     ratios = {}
     for family, arch, views in cases:
-        net = Classifier(models.build_for(family, arch, shape), [0.5] * 3, [0.25] * 3,
-                         tta=views == 6, translate=views == 6)
-        measured = _timed(_exported(net, tmp_path / "m.onnx", shape), tuple(shape[:3]))
-        ratios[f"{family} {arch} x{views}"] = model.ms(latency_work(family, arch, shape),
-                                                       views) / measured
+        path = _exported(_net(family, arch, views, shape), tmp_path / "m.onnx", shape)
+        measured, now = _paired(path, again, tuple(shape[:3]))
+        # onnxruntime on 2 threads here runs at one of two speeds about 1.8x apart, flipping
+        # within seconds: CI once calibrated at one and timed every case at the other (ratios
+        # 1.4-2.1x). A reference timed in the same seconds says how far the machine moved
+        # since the calibration; the predictor is held to its factor at that moment's speed.
+        moved = reference.measured_ms / now
+        ratios[f"{family} {arch} x{views}"] = round(model.ms(
+            latency_work(family, arch, shape), views) / measured / moved, 3)
     assert all(1 / PREDICTION_FACTOR <= r <= PREDICTION_FACTOR for r in ratios.values()), ratios
+
+
+def _paired(path: Path, reference: Path, shape: tuple[int, int, int]) -> tuple[float, float]:
+    """Each file's lowest of three batch-1 medians, timed in turns: the same seconds for both."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(3):
+        for got, timed in zip(times, (path, reference), strict=True):
+            got.append(batch1_latency(timed, shape, THREADS).median_ms)
+    return min(times[0]), min(times[1])
+
+
+def _net(family: str, arch: dict[str, int], passes: int, shape: DataShape) -> Classifier:
+    """An untrained network as a run exports it, with its mirror and translate views where
+    `passes` is 6."""
+    return Classifier(models.build_for(family, arch, shape), [0.5] * shape.channels,
+                      [0.25] * shape.channels, tta=passes == 6, translate=passes == 6)
 
 
 def test_a_miss_with_views_is_re_exported_with_fewer_views(tmp_path: Path):
