@@ -47,8 +47,10 @@ NOISE = 1.25
 # factor either way. bench/results/latency.json has the real figures: on 2 busy cores, models
 # under 1 ms within 0.66-1.8x of their time (a space of all four families prices pyramidnet
 # lowest, 0.7x here), larger ones, whose convolutions onnxruntime splits over both threads, up
-# to 4.8x slower than predicted; these models stay under 1 ms.
-PREDICTION_FACTOR = 2.0
+# to 4.8x slower than predicted; these models stay under 1 ms. 2.0 failed 1 run in 10 on a
+# quiet AMD EPYC VM (fastnet width 12 depth 3 at 2.04x; its error is about 1.7x there); the
+# cases' own times span more than the factor squared, so no one constant passes.
+PREDICTION_FACTOR = 2.5
 BUDGET_S = 60.0
 DIGITS = DataShape(1, 8, 8, 10)
 
@@ -228,10 +230,11 @@ def test_the_predictor_times_every_family_within_a_stated_factor(tmp_path: Path)
     reference = model.references[0]  # timed again beside each case (below)
     again = _exported(_net(reference.family, reference.arch, reference.passes, shape),
                       tmp_path / "r.onnx", shape)
-    ratios = {}
+    ratios, times = {}, []
     for family, arch, views in cases:
         path = _exported(_net(family, arch, views, shape), tmp_path / "m.onnx", shape)
         measured, now = _paired(path, again, tuple(shape[:3]))
+        times.append(measured)
         # onnxruntime on 2 threads here runs at one of two speeds about 1.8x apart, flipping
         # within seconds: CI once calibrated at one and timed every case at the other (ratios
         # 1.4-2.1x). A reference timed in the same seconds says how far the machine moved
@@ -240,6 +243,7 @@ def test_the_predictor_times_every_family_within_a_stated_factor(tmp_path: Path)
         ratios[f"{family} {arch} x{views}"] = round(model.ms(
             latency_work(family, arch, shape), views) / measured / moved, 3)
     assert all(1 / PREDICTION_FACTOR <= r <= PREDICTION_FACTOR for r in ratios.values()), ratios
+    assert max(times) / min(times) > PREDICTION_FACTOR**2, times  # one constant would miss
 
 
 def _paired(path: Path, reference: Path, shape: tuple[int, int, int]) -> tuple[float, float]:

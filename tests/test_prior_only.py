@@ -73,6 +73,10 @@ def test_a_skipped_search_trains_the_prior_alone_and_resumes_after_a_kill(
     assert plan["sized"].startswith("the compute frontier puts fastnet width ")  # min_epochs auto
     assert f"model size: {plan['sized']}" in log  # the log says how the prior was sized
     assert "refit: resuming" in log
+    batch = [d for d in summary["decisions"] if d["name"] == "batch"]  # kept across the resume
+    assert len(batch) == 1 and f"plan: {batch[0]['evidence']}" in log
+    assert summary["best_config"]["recipe"]["batch_size"] == batch[0]["pinned"].get(
+        "batch_size", 256)  # the prior's, or the batch its planned images call for
     assert "the search was skipped" in (out / "report.html").read_text()
 
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])

@@ -108,6 +108,7 @@ class SearchOutcome(Record):
     prior: TrialRecord | None = None  # the untrained config the refit trains: no search, or
     # no trial that trained enough to win
     min_trained_s: float = 0.0  # a trial wins only with this much training: the first rung
+    decided: list[Decision] = []  # the choices the phase made (search/steps.py), for a resume
 
     @property
     def searched(self) -> bool:

@@ -11,15 +11,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from autofit import events
+from autofit import events, models
 from autofit.budget import Cost, Plan
 from autofit.config import TrialConfig
 from autofit.context import RunContext
 from autofit.data import pipeline
 from autofit.data.dataset import Dataset
 from autofit.errors import AutofitError
+from autofit.models import pretrained
 from autofit.records import NO_CONTENDER, UNTRAINED, SearchOutcome, TrialRecord, WorkerFacts
-from autofit.search import frontier
+from autofit.search import frontier, steps
 from autofit.search.cluster import Workers, ray_session
 from autofit.search.packing import Probe
 from autofit.search.space import SearchSpace
@@ -35,6 +36,7 @@ def search_phase(ctx: RunContext, dataset: Dataset, space: SearchSpace,
     if state.search is not None:
         log.info("search: done before the interruption (%d trials)", len(state.search.records))
         assert state.plan is not None  # written before the search started
+        ctx.decisions.extend(state.search.decided)
         return state.search, state.plan
     cost, early = None, state.plan  # an earlier life's plan
     if early is None and ctx.budget.min_epochs != 0:  # whether to search is decided before
@@ -47,7 +49,7 @@ def search_phase(ctx: RunContext, dataset: Dataset, space: SearchSpace,
         space.first_config(dataset.shape, ctx.budget.max_params, early.cap)
     if early is not None and prior is not None:  # a prior over the caps: the search runs
         ctx.journal.set(plan=early)
-        return _prior_only(ctx, prior, early), early
+        return _prior_only(ctx, prior, early, dataset), early
     with ray_for(ctx, dataset, space) as workers:
         plan = _plan(ctx, dataset, cost, space)
         _say_plan(ctx, plan, workers.where)
@@ -139,10 +141,21 @@ def _plan(ctx: RunContext, dataset: Dataset, cost: Cost | None, space: SearchSpa
     return recorded.model_copy(update={"search_deadline": time.time() + max(0.0, search_left)})
 
 
-def _prior_only(ctx: RunContext, config: TrialConfig, plan: Plan) -> SearchOutcome:
+def _prior_only(ctx: RunContext, config: TrialConfig, plan: Plan,
+                dataset: Dataset) -> SearchOutcome:
     """The outcome of a skipped search: no trials, the space's prior (`config`, fitted to
-    both caps) as the model the refit trains from scratch."""
-    outcome = SearchOutcome(records=[], overrun_s=0.0, prior=TrialRecord(
+    both caps) as the model the refit trains from scratch, at the batch its planned images
+    call for (search/steps.py; a fine-tuned prior keeps its own)."""
+    decided = []
+    if plan.cost is not None and config.family != pretrained.FAMILY:
+        work = models.count_work(config.family, config.arch, dataset.shape)
+        images = plan.refit_s / max(plan.cost.seconds(work), 1e-12)
+        config, decision = steps.batch_for(config, images)
+        events.emit(ctx.log, "decision", "plan: %s", decision.evidence, name=decision.name,
+                    pinned=decision.pinned, measured=decision.measured)
+        ctx.decisions.append(decision)
+        decided.append(decision)
+    outcome = SearchOutcome(records=[], overrun_s=0.0, decided=decided, prior=TrialRecord(
         number=0, trial_id="", config=config, status=UNTRAINED))
     events.emit(ctx.log, "plan", "plan: setup %.1fs, no search (%s), refit ~%.1fs, final "
                 "reserve %.1fs; model size: %s", plan.setup_s, plan.split, plan.refit_s,
