@@ -1,0 +1,52 @@
+"""The prior's batch size and learning rate, from the images its refit will see.
+
+The space's prior trains at batch 256 and learning rate 0.4, set where a refit sees hundreds of
+thousands of images. A short budget, or a small dataset of large photos, gives that recipe a
+few hundred steps, too few to train. Measured on a 2-core AMD EPYC in float32, the prior at
+width 20 for the same seconds, learning rate scaled with the batch (bench/batch_steps.py;
+bench/README.md, "Batch size from the steps"):
+
+- clothing photos (3,068 at 96x128), 40 s: batch 256 (120 steps) 0.28, 64 (730) 0.82;
+  120 s: 256 (389 steps) 0.80, 64 (2,737) 0.85, 32 (4,696) 0.81;
+- CIFAR-10, 40 s: 256 (288 steps) 0.65, 64 (1,183) 0.72; 150 s: 256 (914) 0.825,
+  128 (1,996) 0.837.
+
+On a CPU a smaller batch costs no more per image (at 96x128 it costs less), so the prior takes
+the largest batch that gives its refit TARGET_STEPS steps, not under MIN_BATCH, and scales the
+learning rate with it (Goyal et al. 2017).
+"""
+
+from __future__ import annotations
+
+from autofit.config import TrialConfig
+from autofit.records import Decision
+
+TARGET_STEPS = 2000  # the steps a refit should take at least (module docstring)
+MIN_BATCH = 64  # 32 lost to 64 at 120 s on the clothing photos (0.81 against 0.85)
+
+
+def batch_for(config: TrialConfig, images: float) -> tuple[TrialConfig, Decision]:
+    """`config` at the largest batch (the prior's halved, down to MIN_BATCH) whose `images`
+    make TARGET_STEPS steps, its learning rate scaled by the same factor; and the decision,
+    with its evidence in one line."""
+    recipe = config.recipe
+    batch = recipe.batch_size
+    while batch > MIN_BATCH and images / batch < TARGET_STEPS:
+        batch //= 2
+    lr = recipe.lr * batch / recipe.batch_size
+    steps = images / max(recipe.batch_size, 1)
+    measured = {"images": round(images, 1), "prior_batch": float(recipe.batch_size),
+                "prior_lr": recipe.lr, "prior_steps": round(steps, 1),
+                "steps": round(images / batch, 1), "target_steps": float(TARGET_STEPS)}
+    if batch == recipe.batch_size:
+        return config, Decision(name="batch", pinned={}, measured=measured, evidence=(
+            f"batch {batch} kept: the refit's ~{images:,.0f} planned images make "
+            f"{steps:,.0f} steps (at least {TARGET_STEPS:,})"))
+    scaled = config.model_copy(update={"recipe": recipe.model_copy(update={
+        "batch_size": batch, "lr": lr})})
+    return scaled, Decision(name="batch", pinned={"batch_size": batch, "lr": lr},
+                            measured=measured, evidence=(
+        f"batch {batch}, learning rate {lr:.3g} (the prior's {recipe.batch_size} and "
+        f"{recipe.lr:g}, scaled): the refit's ~{images:,.0f} planned images make "
+        f"{steps:,.0f} steps at {recipe.batch_size}, {images / batch:,.0f} at {batch} "
+        f"(at least {TARGET_STEPS:,} where the batch allows, down to {MIN_BATCH})"))
