@@ -6,7 +6,7 @@ few hundred steps, too few to train. Measured on a 2-core AMD EPYC in float32, t
 width 20 for the same seconds, learning rate scaled with the batch (bench/batch_steps.py;
 bench/README.md, "Batch size from the steps"):
 
-- clothing photos (3,068 at 96x128), 40 s: batch 256 (120 steps) 0.28, 64 (730) 0.82;
+- clothing photos (3,068 at 96x128), 40 s: batch 256 (120 steps) 0.28, 64 (840) 0.82;
   120 s: 256 (389 steps) 0.80, 64 (2,737) 0.85, 32 (4,696) 0.81;
 - CIFAR-10, 40 s: 256 (288 steps) 0.65, 64 (1,183) 0.72; 150 s: 256 (914) 0.825,
   128 (1,996) 0.837.
