@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import sys
 import time
 from pathlib import Path
 
@@ -26,16 +26,12 @@ from autofit.data.dataset import load
 from autofit.train import precision
 from autofit.train.loop import evaluate, make_model, train
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402
+
 PRIOR = {"batch_size": 256, "lr": 0.4, "weight_decay": 1e-3, "label_smoothing": 0.2,
          "hflip": True, "optimizer": "sgd", "schedule": "onecycle", "tta": True,
          "tta_translate": True, "momentum": 0.9}
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main() -> None:
@@ -71,7 +67,7 @@ def main() -> None:
     args.out.write_text(json.dumps({
         "bench": "batch_steps", "data": args.data, "seconds": args.seconds, "width": args.width,
         "train_images": len(data.y_train), "val_images": len(data.y_val),
-        "precision": precision.choose("cpu").name, "machine": cpu_model(),
+        "precision": precision.choose("cpu").name, "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}, indent=1))
 
 

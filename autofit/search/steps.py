@@ -4,7 +4,7 @@ The space's prior trains at batch 256 and learning rate 0.4, set where a refit s
 thousands of images. A short budget, or a small dataset of large photos, gives that recipe a
 few hundred steps, too few to train. Measured on a 2-core AMD EPYC in float32, the prior at
 width 20 for the same seconds, learning rate scaled with the batch (bench/batch_steps.py;
-bench/README.md, "Batch size from the steps"):
+bench/README.md, "The clothing photos, and batch size from the steps"):
 
 - clothing photos (3,068 at 96x128), 40 s: batch 256 (120 steps) 0.28, 64 (840) 0.82;
   120 s: 256 (389 steps) 0.80, 64 (2,737) 0.85, 32 (4,696) 0.81;
