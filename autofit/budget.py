@@ -356,6 +356,13 @@ class Plan(BaseModel):
                    search_deadline=time.time() + search_s, latency=latency,
                    max_latency_ms=budget.max_latency_ms)
 
+    def images_for(self, work: tuple[int, ...]) -> float | None:
+        """Images a model doing `work` per image would see in its refit, the winner's trial
+        counted (the refit continues it); None without a measured cost."""
+        if self.cost is None:
+            return None
+        return (self.refit_s + self.trial_s) / max(self.cost.seconds(work), 1e-12)
+
     @property
     def cap(self) -> ComputeCap | None:
         """The compute cap, with the latency cap (alone, all training affordable) if any."""

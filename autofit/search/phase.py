@@ -11,15 +11,21 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from autofit import events, models
+from autofit import events
 from autofit.budget import Cost, Plan
 from autofit.config import TrialConfig
 from autofit.context import RunContext
 from autofit.data import pipeline
 from autofit.data.dataset import Dataset
 from autofit.errors import AutofitError
-from autofit.models import pretrained
-from autofit.records import NO_CONTENDER, UNTRAINED, SearchOutcome, TrialRecord, WorkerFacts
+from autofit.records import (
+    NO_CONTENDER,
+    UNTRAINED,
+    Decision,
+    SearchOutcome,
+    TrialRecord,
+    WorkerFacts,
+)
 from autofit.search import frontier, steps
 from autofit.search.cluster import Workers, ray_session
 from autofit.search.packing import Probe
@@ -54,15 +60,19 @@ def search_phase(ctx: RunContext, dataset: Dataset, space: SearchSpace,
         plan = _plan(ctx, dataset, cost, space)
         _say_plan(ctx, plan, workers.where)
         ctx.start_phase("search")
+        prior = space.first_config(dataset.shape, ctx.budget.max_params, plan.cap)
+        decided = [] if prior is None else _batch(ctx, prior, plan, dataset)[1]
         outcome = run_search(dataset, space, ctx.budget.max_params, plan, seed=ctx.seed,
                              journal=ctx.journal, device=ctx.device, workers=workers,
                              best=best, storage=ctx.storage, log=log)
+        outcome = outcome.model_copy(update={"decided": decided})
     if not outcome.contenders:
         config = space.first_config(dataset.shape, ctx.budget.max_params, plan.cap) or (
             outcome.top.config if outcome.records else None)  # no prior: the best-scored one
         if config is None:
             raise AutofitError("the search ran no trial before its deadline and the space has "
                                "no first: prior to train instead; give a larger budget")
+        config = steps.fit_batch(config, plan, dataset.shape)[0]
         outcome = outcome.model_copy(update={"prior": TrialRecord(
             number=0, trial_id="", config=config, status=NO_CONTENDER)})
         log.warning("search: %s trained to its first rung (%.1fs), so none is a winner or a "
@@ -145,16 +155,8 @@ def _prior_only(ctx: RunContext, config: TrialConfig, plan: Plan,
                 dataset: Dataset) -> SearchOutcome:
     """The outcome of a skipped search: no trials, the space's prior (`config`, fitted to
     both caps) as the model the refit trains from scratch, at the batch its planned images
-    call for (search/steps.py; a fine-tuned prior keeps its own)."""
-    decided = []
-    if plan.cost is not None and config.family != pretrained.FAMILY:
-        work = models.count_work(config.family, config.arch, dataset.shape)
-        images = plan.refit_s / max(plan.cost.seconds(work), 1e-12)
-        config, decision = steps.batch_for(config, images)
-        events.emit(ctx.log, "decision", "plan: %s", decision.evidence, name=decision.name,
-                    pinned=decision.pinned, measured=decision.measured)
-        ctx.decisions.append(decision)
-        decided.append(decision)
+    call for (search/steps.py)."""
+    config, decided = _batch(ctx, config, plan, dataset)
     outcome = SearchOutcome(records=[], overrun_s=0.0, decided=decided, prior=TrialRecord(
         number=0, trial_id="", config=config, status=UNTRAINED))
     events.emit(ctx.log, "plan", "plan: setup %.1fs, no search (%s), refit ~%.1fs, final "
@@ -165,3 +167,17 @@ def _prior_only(ctx: RunContext, config: TrialConfig, plan: Plan,
     ctx.journal.set(search=outcome)
     ctx.log.info("search: skipped; the refit trains the space's prior %s", config.describe())
     return outcome
+
+
+def _batch(ctx: RunContext, config: TrialConfig, plan: Plan,
+           dataset: Dataset) -> tuple[TrialConfig, list[Decision]]:
+    """The prior at the batch its refit's planned images call for (search/steps.py), the
+    decision said in the log and kept in the run's decisions."""
+    config, decision = steps.fit_batch(config, plan, dataset.shape)
+    if decision is None:
+        return config, []
+    more = "" if not plan.searched else "; every trial's batch is capped the same way"
+    events.emit(ctx.log, "decision", "plan: %s%s", decision.evidence, more, name=decision.name,
+                pinned=decision.pinned, measured=decision.measured)
+    ctx.decisions.append(decision)
+    return config, [decision]

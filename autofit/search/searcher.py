@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from ray.tune.search import Searcher
 
-from autofit.budget import ComputeCap
+from autofit.budget import Plan
 from autofit.models import DataShape
 from autofit.records import Record, SearchClock
+from autofit.search import steps
 from autofit.search.space import SearchSpace
 from autofit.search.trainable import TRIAL_KEY
 
@@ -31,8 +32,9 @@ class _Clocked(Record):
 
 
 class SpaceSearcher(Searcher):
-    """Draws from the space, each draw fitted to the parameter cap: seeded random sampling, or
-    with `searcher: tpe` Optuna's TPE, told each finished trial's score (autofit/search/tpe.py).
+    """Draws from the space, each draw fitted to the plan's caps and its batch to the steps its
+    refit would take (search/steps.py): seeded random sampling, or with `searcher: tpe`
+    Optuna's TPE, told each finished trial's score (autofit/search/tpe.py).
 
     It numbers trials, stops suggesting when no new trial could reach a milestone before the
     search deadline (read from the journal, so a resumed search uses the new one), and stops
@@ -40,10 +42,10 @@ class SpaceSearcher(Searcher):
     """
 
     def __init__(self, space: SearchSpace, shape: DataShape, max_params: int, seed: int,
-                 journal: Path, cap: ComputeCap | None = None) -> None:
+                 journal: Path, plan: Plan | None = None) -> None:
         super().__init__(metric=METRIC, mode="max")
         self.space, self.shape, self.max_params, self.journal = space, shape, max_params, journal
-        self.cap = cap
+        self.plan, self.cap = plan, None if plan is None else plan.cap
         self.rng = np.random.default_rng(seed)
         self.count = self.failures = self.successes = 0
         self.stop_at = self._stop_at()
@@ -51,7 +53,7 @@ class SpaceSearcher(Searcher):
         if space.searcher == "tpe":  # imported only then: random search needs no Optuna
             from autofit.search.tpe import TpeSampler
 
-            self.tpe = TpeSampler(space, shape, max_params, seed, cap)
+            self.tpe = TpeSampler(space, shape, max_params, seed, self.cap)
 
     def _stop_at(self) -> float:
         return _Clocked.parse(self.journal.read_bytes()).search_clock.stop_suggesting_at
@@ -72,6 +74,8 @@ class SpaceSearcher(Searcher):
             config = self.tpe.suggest(trial_id)
         else:
             config = self.space.sample(self.rng, self.shape, self.max_params, cap=self.cap)
+        if self.plan is not None:
+            config = steps.fit_batch(config, self.plan, self.shape)[0]
         self.count += 1
         return {**config.model_dump(), TRIAL_KEY: self.count}
 

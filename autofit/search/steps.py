@@ -13,12 +13,17 @@ bench/README.md, "The clothing photos, and batch size from the steps"):
 
 On a CPU a smaller batch costs no more per image (at 96x128 it costs less), so the prior takes
 the largest batch that gives its refit TARGET_STEPS steps, not under MIN_BATCH, and scales the
-learning rate with it (Goyal et al. 2017).
+learning rate with it (Goyal et al. 2017). Every trial of a search takes the same cap, from
+the images its refit would see: at 5 minutes on the clothing photos the search's first trial,
+the prior at batch 256, reached 0.36 validation accuracy in its 65 s, and the run 50.00%.
 """
 
 from __future__ import annotations
 
+from autofit import models
+from autofit.budget import Plan
 from autofit.config import TrialConfig
+from autofit.models import DataShape, pretrained
 from autofit.records import Decision
 
 TARGET_STEPS = 2000  # the steps a refit should take at least (module docstring)
@@ -50,3 +55,16 @@ def batch_for(config: TrialConfig, images: float) -> tuple[TrialConfig, Decision
         f"{recipe.lr:g}, scaled): the refit's ~{images:,.0f} planned images make "
         f"{steps:,.0f} steps at {recipe.batch_size}, {images / batch:,.0f} at {batch} "
         f"(at least {TARGET_STEPS:,} where the batch allows, down to {MIN_BATCH})"))
+
+
+def fit_batch(config: TrialConfig, plan: Plan,
+              shape: DataShape) -> tuple[TrialConfig, Decision | None]:
+    """`config` at the batch its refit's planned images call for (`batch_for`), with the
+    decision; as is, with None, without a measured cost or for a fine-tuned network, which
+    keeps its own batch."""
+    if config.family == pretrained.FAMILY:
+        return config, None
+    images = plan.images_for(models.count_work(config.family, config.arch, shape))
+    if images is None:
+        return config, None
+    return batch_for(config, images)

@@ -240,7 +240,7 @@ def _new_tuner(runnable: Any, dataset: Dataset, space: SearchSpace, max_params: 
         tune_config=tune.TuneConfig(
             metric=METRIC, mode="max", scheduler=scheduler, num_samples=100_000,
             search_alg=SpaceSearcher(space, dataset.shape, max_params, seed, journal.path,
-                                     cap=plan.cap),
+                                     plan),
             max_concurrent_trials=workers.concurrency, time_budget_s=plan.search_s + 5.0,
             reuse_actors=True,
         ),
