@@ -1,4 +1,5 @@
-"""Command line: `autofit run --data DIR --minutes 10 --max-params 2M`.
+"""Command line: `autofit run --data DIR --minutes 10 --max-params 2M` (`autofit plan`, the same
+options: what that run would do, without training).
 
 Errors a user can fix are printed as one line on stderr with a non-zero exit (2 for usage),
 never as a traceback.
@@ -31,34 +32,61 @@ def _root() -> None:
     """Time-budgeted AutoML for image classification."""
 
 
+DataOption = Annotated[str | None, typer.Option(
+    help="image folder (DIR/train/<class>/* [+ DIR/test/<class>/*] or DIR/<class>/*), a "
+         "path,label CSV (or DIR with train.csv [+ test.csv]), a .npz (x_train, y_train "
+         "[, x_test, y_test]), or cifar10, cifar100, mnist, fashion-mnist from --data-root; "
+         "default: embedded 8x8 digits")]
+
+DataRootOption = Annotated[Path | None, typer.Option(
+    "--data-root", help="where named datasets are, in torchvision's layout [default: "
+                        "$AUTOFIT_DATA_ROOT or ~/.cache/autofit/datasets]")]
+
+MinutesOption = Annotated[str | None, typer.Option(
+    help="wall-clock budget for the whole run (default: the budget preset's)")]
+
+MaxParamsOption = Annotated[str | None, typer.Option(
+    "--max-params", help="parameter cap, e.g. 2M, 1.5M, 500k, 250000")]
+
+MaxLatencyMsOption = Annotated[str | None, typer.Option(
+    "--max-latency-ms", help="latency cap of the exported model, e.g. 2.5: batch-1 ms in "
+                             "onnxruntime on this machine")]
+
+SeedOption = Annotated[int | None, typer.Option(
+    help="seed for splits, sampling and training [default: 0]")]
+
+SpaceOption = Annotated[str | None, typer.Option(
+    help="search space: a preset name (see `autofit spaces`) or a YAML path [default: "
+         "default]")]
+
+BudgetOption = Annotated[str | None, typer.Option(
+    help="budget preset: a name (see `autofit budgets`) or a YAML path; flags override it "
+         "[default: default]")]
+
+QuantizeOption = Annotated[str | None, typer.Option(
+    "--quantize", help="int8: also write RUN_DIR/model.int8.onnx, statically quantized, "
+                       "calibrated on training images and verified against model.onnx "
+                       "(its time comes out of the budget)")]
+
+WeightsOption = Annotated[Path | None, typer.Option(
+    "--weights", help="pretrained family (--space pretrained): a torchvision state_dict "
+                      ".pth, or a folder of them named as torchvision names them "
+                      "[default: torch's hub cache, $TORCH_HOME/hub/checkpoints]; never "
+                      "downloaded")]
+
+
 @app.command("run")
 def run_command(
-    data: Annotated[str | None, typer.Option(
-        help="image folder (DIR/train/<class>/* [+ DIR/test/<class>/*] or DIR/<class>/*), a "
-             "path,label CSV (or DIR with train.csv [+ test.csv]), a .npz (x_train, y_train "
-             "[, x_test, y_test]), or cifar10, cifar100, mnist, fashion-mnist from --data-root; "
-             "default: embedded 8x8 digits")] = None,
-    data_root: Annotated[Path | None, typer.Option(
-        "--data-root", help="where named datasets are, in torchvision's layout [default: "
-                            "$AUTOFIT_DATA_ROOT or ~/.cache/autofit/datasets]")] = None,
-    minutes: Annotated[str | None, typer.Option(
-        help="wall-clock budget for the whole run (default: the budget preset's)")] = None,
-    max_params: Annotated[str | None, typer.Option(
-        "--max-params", help="parameter cap, e.g. 2M, 1.5M, 500k, 250000")] = None,
-    max_latency_ms: Annotated[str | None, typer.Option(
-        "--max-latency-ms", help="latency cap of the exported model, e.g. 2.5: batch-1 ms in "
-                                 "onnxruntime on this machine")] = None,
+    data: DataOption = None,
+    data_root: DataRootOption = None,
+    minutes: MinutesOption = None,
+    max_params: MaxParamsOption = None,
+    max_latency_ms: MaxLatencyMsOption = None,
     out: Annotated[Path | None, typer.Option(help="run directory (default runs/<timestamp>)")]
     = None,
-    seed: Annotated[int | None, typer.Option(
-        help="seed for splits, sampling and training [default: 0]")] = None,
-    space: Annotated[str | None, typer.Option(
-        help="search space: a preset name (see `autofit spaces`) or a YAML path [default: "
-             "default]")]
-    = None,
-    budget: Annotated[str | None, typer.Option(
-        help="budget preset: a name (see `autofit budgets`) or a YAML path; flags override it "
-             "[default: default]")] = None,
+    seed: SeedOption = None,
+    space: SpaceOption = None,
+    budget: BudgetOption = None,
     ray_address: Annotated[str | None, typer.Option(
         "--ray-address", help="run on an existing Ray cluster: its head's address, HOST:6379 "
                               "(better: start autofit on the cluster with `ray job submit`)")]
@@ -66,19 +94,12 @@ def run_command(
     storage: Annotated[str | None, typer.Option(
         help="where Tune's state and checkpoints go: a path every Ray node mounts, or a URI "
              "such as s3://bucket/dir (needed on a cluster of more than one node)")] = None,
-    quantize: Annotated[str | None, typer.Option(
-        "--quantize", help="int8: also write RUN_DIR/model.int8.onnx, statically quantized, "
-                           "calibrated on training images and verified against model.onnx "
-                           "(its time comes out of the budget)")] = None,
+    quantize: QuantizeOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the result")] = False,
     resume: Annotated[Path | None, typer.Option(
         "--resume", help="continue the killed or interrupted run in this directory, with the "
                          "budget it had left and its own options")] = None,
-    weights: Annotated[Path | None, typer.Option(
-        "--weights", help="pretrained family (--space pretrained): a torchvision state_dict "
-                          ".pth, or a folder of them named as torchvision names them "
-                          "[default: torch's hub cache, $TORCH_HOME/hub/checkpoints]; never "
-                          "downloaded")] = None,
+    weights: WeightsOption = None,
 ) -> None:
     """Search, refit and export a model inside the budget; print where it went.
 
@@ -151,6 +172,40 @@ def extend_command(
         typer.echo("autofit: interrupted", err=True)
         raise typer.Exit(130) from None
     _say_result(result)
+
+
+@app.command("plan")
+def plan_command(
+    data: DataOption = None,
+    data_root: DataRootOption = None,
+    minutes: MinutesOption = None,
+    max_params: MaxParamsOption = None,
+    max_latency_ms: MaxLatencyMsOption = None,
+    seed: SeedOption = None,
+    space: SpaceOption = None,
+    budget: BudgetOption = None,
+    quantize: QuantizeOption = None,
+    weights: WeightsOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the plan as JSON")] = False,
+) -> None:
+    """Print what `autofit run` with these options would do on this machine (the decisions,
+    the split, the model and its batch), without training: it loads the data and times the
+    machine as a run's setup does."""
+    started_at = process_start_time()
+    try:
+        from autofit.budget import Budget
+        from autofit.presets import preset
+        from autofit.preview import preview
+
+        chosen = Budget.from_yaml(preset("budgets", budget or "default"), minutes=minutes,
+                                  max_params=max_params, quantize=quantize,
+                                  max_latency_ms=max_latency_ms)
+        planned = preview(data, chosen, seed=seed or 0, space=space or "default",
+                          data_root=data_root, weights=weights, started_at=started_at)
+    except AutofitError as err:
+        typer.echo(f"autofit: error: {err}", err=True)
+        raise typer.Exit(err.exit_code) from None
+    typer.echo(planned.model_dump_json(indent=1) if as_json else "\n".join(planned.lines()))
 
 
 def _say_result(result: RunResult) -> None:

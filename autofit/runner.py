@@ -88,23 +88,29 @@ def run(data: str | Path | None = None, budget: Budget | None = None, *,
     finds its starting weights; without it, torch's hub cache (autofit/models/pretrained.py).
     If the run is killed, `resume(out)` goes on.
     """
-    if weights is not None and not Path(weights).exists():
-        raise UsageError(f"--weights {weights} does not exist")
+    weights = weights_where(weights)
     ray_address = ray_address or os.environ.get("RAY_ADDRESS") or None  # as `ray job submit` sets
     check_address(ray_address)
     budget = budget or Budget.from_yaml(preset("budgets", "default"))
     space_path = preset("search_spaces", space)
     root = None if storage is None else storage_root(storage)
     out_dir = prepare_run_dir(out)
-    args = RunArgs(data=_where(data), data_root=None if data_root is None else
+    args = RunArgs(data=data_where(data), data_root=None if data_root is None else
                    str(Path(data_root).resolve()), budget=budget, seed=seed,
                    space=str(space_path.resolve()), ray_address=ray_address,
                    storage=None if root is None else run_folder(root, out_dir.name),
-                   weights=None if weights is None else str(Path(weights).resolve()))
+                   weights=weights)
     return _execute(Journal.create(out_dir, args), started_at, quiet)
 
 
-def _where(data: str | Path | None) -> str | None:
+def weights_where(weights: str | Path | None) -> str | None:
+    """--weights as the journal keeps it: an absolute path; an error where there is none."""
+    if weights is not None and not Path(weights).exists():
+        raise UsageError(f"--weights {weights} does not exist")
+    return None if weights is None else str(Path(weights).resolve())
+
+
+def data_where(data: str | Path | None) -> str | None:
     """The data as the journal keeps it: a dataset's name, else an absolute path, so a resume
     from another directory finds the same data."""
     if data is None or (str(data) in NAMED and not Path(data).exists()):
@@ -182,9 +188,9 @@ def _run(ctx: RunContext) -> RunResult:
     space, weights_found = SearchSpace.load(Path(ctx.args.space)).with_weights(ctx.args.weights)
     if weights_found is not None:
         ctx.log.info("%s", weights_found)
-    dataset = ctx.dataset = _setup(ctx, space)
+    dataset = ctx.dataset = load_data(ctx, space)
     if not ctx.args.parent:  # an extension trains its parent's configuration as it was
-        space = _decide(ctx, space, dataset)
+        space = decide(ctx, space, dataset)
     stopping.check()  # from here a stop request has test images to score the best model on
     metadata = model_metadata(dataset, ctx.budget)
     if ctx.args.parent:
@@ -233,7 +239,7 @@ def _say_start(ctx: RunContext) -> None:
                     ctx.seed, ctx.run_dir, **fields)
 
 
-def _setup(ctx: RunContext, space: SearchSpace) -> Dataset:
+def load_data(ctx: RunContext, space: SearchSpace) -> Dataset:
     """The device, data path and precision, said in the log; the data, loaded and checked
     against the caps, and on a resume against the data the run started with."""
     import torch
@@ -267,7 +273,7 @@ def _setup(ctx: RunContext, space: SearchSpace) -> Dataset:
     return dataset
 
 
-def _decide(ctx: RunContext, space: SearchSpace, dataset: Dataset) -> SearchSpace:
+def decide(ctx: RunContext, space: SearchSpace, dataset: Dataset) -> SearchSpace:
     """The choices made from the data (data/mirror.py), said in the log and kept for the
     summary; the space with the knobs they fix."""
     ctx.decisions = [mirror.decide(dataset, ctx.seed)]

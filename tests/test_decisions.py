@@ -3,17 +3,19 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from autofit import Budget, run
+from autofit import Budget, models, run
 from autofit.data import mirror
 from autofit.data.dataset import load
+from autofit.models import DataShape
 from autofit.presets import preset
 from autofit.records import Decision, Summary
-from autofit.search import decided
+from autofit.search import decided, steps
 from autofit.search.space import SearchSpace
 
 SIDE = 32
@@ -111,8 +113,21 @@ def test_a_run_trains_without_mirrors_where_the_data_says_so(arrows: Path, tmp_p
     result = run(arrows, Budget(minutes=0.5, max_params="100k"), out=tmp_path / "run",
                  seed=0, quiet=True)
     summary = Summary.read(result.run_dir / "summary.json")
-    assert summary is not None and [d.name for d in summary.decisions] == ["mirror"]
+    assert summary is not None and [d.name for d in summary.decisions] == ["mirror", "batch"]
     assert summary.decisions[0].pinned == {"hflip": False, "tta": False}
     assert summary.best_config is not None
     assert summary.best_config.recipe.hflip is False and summary.best_config.recipe.tta is False
-    assert "a mirror changes the label here" in (result.run_dir / "run.log").read_text()
+    log = (result.run_dir / "run.log").read_text()
+    assert "a mirror changes the label here" in log
+    # the search ran, and every trial took the batch its refit's planned images call for
+    assert summary.plan is not None and summary.plan.searched and summary.trials
+    assert "every trial's batch is capped the same way" in log
+    with open(result.run_dir / "leaderboard.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        arch = dict(part.split("=") for part in row["arch"].split())
+        work = models.count_work(row["family"], {k: int(v) for k, v in arch.items()},
+                                 DataShape(3, SIDE, SIDE, 3))
+        images, batch = summary.plan.images_for(work), int(row["batch_size"])
+        assert images is not None and (batch <= steps.MIN_BATCH
+                                       or images / batch >= steps.TARGET_STEPS), row

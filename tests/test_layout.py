@@ -15,7 +15,7 @@ import autofit
 PACKAGE = Path(autofit.__file__).parent
 # Each layer may import from itself and the layers after it, never from one before it.
 LAYERS = [{"cli", "__main__", "client_cli", "files_cli", "client", "client_models"},
-          {"service"}, {"runner", "delivery", "extension"}, {"reporting", "search"},
+          {"service"}, {"preview"}, {"runner", "delivery", "extension"}, {"reporting", "search"},
           {"deliver"}, {"train"}, {"data"}, {"models"},
           {"context"}, {"journal", "events"}, {"records"}, {"config"},
           {"budget", "presets", "faults", "latency_budget", "reserves"},

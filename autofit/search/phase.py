@@ -50,7 +50,7 @@ def search_phase(ctx: RunContext, dataset: Dataset, space: SearchSpace,
         # 2-core driver pricing for 1-CPU nodes sized a 3-minute refit 3.9x too large)
         cost = probe.cost(dataset.shape, ctx.device,
                           ctx.threads if ctx.cluster is None else ctx.cluster.trial_cpus)
-        early = _new_plan(ctx, dataset, cost, space, prior=space.first is not None)
+        early = new_plan(ctx, dataset, cost, space, prior=space.first is not None)
     prior = None if early is None or early.searched else \
         space.first_config(dataset.shape, ctx.budget.max_params, early.cap)
     if early is not None and prior is not None:  # a prior over the caps: the search runs
@@ -122,8 +122,9 @@ def _say_plan(ctx: RunContext, plan: Plan, where: str) -> None:
                         f"refit ~{plan.refit_s:.0f}s · {where}")
 
 
-def _new_plan(ctx: RunContext, dataset: Dataset, cost: Cost | None, space: SearchSpace,
-              prior: bool) -> Plan:
+def new_plan(ctx: RunContext, dataset: Dataset, cost: Cost | None, space: SearchSpace,
+             prior: bool) -> Plan:
+    """A plan made now: the split, and the compute cap the frontier sizes for this data."""
     n_train = len(dataset.y_train) + len(dataset.y_val)  # the refit's images
     sizing = None if cost is None else frontier.refit_images(
         set(space.families), dataset.shape, n_train, ctx.budget.max_params, cost,
@@ -142,7 +143,7 @@ def _plan(ctx: RunContext, dataset: Dataset, cost: Cost | None, space: SearchSpa
     """
     recorded, clock = ctx.journal.state.plan, ctx.clock
     if recorded is None:
-        plan = _new_plan(ctx, dataset, cost, space, prior=False)
+        plan = new_plan(ctx, dataset, cost, space, prior=False)
         ctx.journal.set(plan=plan)
         return plan
     share = recorded.search_s / max(recorded.search_s + recorded.refit_s, 1e-9)
