@@ -191,7 +191,11 @@ def test_an_untrained_models_test_pass_is_timed_in_onnxruntime(tmp_path):
         return test_pass_speed(tmp_path, record, data, 2, slow)
 
     slow = Cost(s_per_mac=1e-3, s_per_act=0.0, reference_s=1.0)  # priced, under 0.01 images/s
-    flip, translate = rate(tta=True), rate(tta=True, tta_translate=True)
+    flips, translates = [], []
+    for _ in range(3):  # in turns, each its fastest: onnxruntime's 2-thread speed on this VM
+        flips.append(rate(tta=True))  # moves about 1.8x within seconds (test_latency.py)
+        translates.append(rate(tta=True, tta_translate=True))
+    flip, translate = max(flips), max(translates)
     assert flip > 100  # timed, not priced
     assert 0 < translate < flip / 1.8  # six passes against two; timings vary +-25% here
     assert not list(tmp_path.iterdir())  # the timing model is not left in the run directory

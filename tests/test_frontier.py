@@ -116,6 +116,21 @@ def test_the_plan_caps_compute_at_the_width_the_frontier_puts_first():
     assert cheap[0].searched and cheap[0].split == cheap[1].split
 
 
+@pytest.mark.parametrize("shape", [CIFAR, DataShape(1, 28, 28, 10)])
+def test_the_width_the_frontier_puts_first_is_the_one_the_prior_trains_at_every_budget(shape):
+    """The frontier's width sits exactly on the cap it sets; a price rounded a hair over it
+    (one budget in 18) had left the 2-minute Fashion-MNIST refit a width narrower."""
+    cost, space = grid_cost(), SearchSpace.load(preset("search_spaces", "default"))
+    images = frontier.refit_images(set(space.families), shape, 50_000, 2_000_000, cost)
+    for seconds in np.linspace(60, 1200, 60):
+        budget = Budget(minutes=float(seconds) / 60, max_params="2M")
+        plan = Plan.make(budget, Clock(budget.seconds), 10_000, n_train=50_000, cost=cost,
+                         prior=True, frontier=images)
+        width = int(plan.sized.split("fastnet width ")[1].split()[0])
+        prior = space.first_config(shape, 2_000_000, plan.cap)
+        assert prior is not None and prior.arch["width"] == max(width, 8), (seconds, width)
+
+
 def test_a_pretrained_space_keeps_a_fixed_floor():
     images = frontier.refit_images({"pretrained"}, CIFAR, 3_000, 2_000_000, grid_cost())
     seen, why = images(100.0)
