@@ -19,14 +19,14 @@ from pydantic import BaseModel, ConfigDict
 
 from autofit import models
 from autofit.budget import Budget, Clock, Plan
-from autofit.config import RunArgs, TrialConfig
+from autofit.config import TrialConfig
 from autofit.context import RunContext
 from autofit.environment import scoped_environment
 from autofit.journal import Journal
 from autofit.presets import preset
 from autofit.records import Decision
 from autofit.reporting.logs import close_logger, run_logger
-from autofit.runner import data_where, decide, load_data, weights_where
+from autofit.runner import decide, load_data, run_args
 from autofit.search import frontier, steps
 from autofit.search.space import SearchSpace
 from autofit.train import probe
@@ -61,7 +61,7 @@ class Preview(BaseModel):
     frontier: FrontierFigure | None
 
     def lines(self) -> list[str]:
-        """The plan as a user reads it: one line per decision."""
+        """The plan as a user reads it: a line for each of its parts, each decision its own."""
         p = self.plan
         out = [f"data: {self.data}, {self.images:,} training images, {self.shape.width}x"
                f"{self.shape.height}x{self.shape.channels}, {self.shape.num_classes} classes; "
@@ -97,10 +97,8 @@ def preview(data: str | Path | None = None, budget: Budget | None = None, *, see
     scratch run directory it works in is removed."""
     budget = budget or Budget.from_yaml(preset("budgets", "default"))
     space_path = preset("search_spaces", space)
-    args = RunArgs(data=data_where(data), data_root=None if data_root is None else
-                   str(Path(data_root).resolve()), budget=budget, seed=seed,
-                   space=str(space_path.resolve()),
-                   weights=weights_where(weights))
+    args = run_args(data, budget, seed=seed, space_path=space_path, data_root=data_root,
+                    weights=weights)
     with tempfile.TemporaryDirectory(prefix="autofit-plan-") as scratch:
         clock = Clock(budget.seconds, started_at)
         ctx = RunContext(Journal.create(Path(scratch), args), clock,

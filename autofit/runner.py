@@ -88,19 +88,27 @@ def run(data: str | Path | None = None, budget: Budget | None = None, *,
     finds its starting weights; without it, torch's hub cache (autofit/models/pretrained.py).
     If the run is killed, `resume(out)` goes on.
     """
-    weights = weights_where(weights)
+    weights = weights_where(weights)  # before the run directory is made
     ray_address = ray_address or os.environ.get("RAY_ADDRESS") or None  # as `ray job submit` sets
     check_address(ray_address)
     budget = budget or Budget.from_yaml(preset("budgets", "default"))
     space_path = preset("search_spaces", space)
     root = None if storage is None else storage_root(storage)
     out_dir = prepare_run_dir(out)
-    args = RunArgs(data=data_where(data), data_root=None if data_root is None else
-                   str(Path(data_root).resolve()), budget=budget, seed=seed,
-                   space=str(space_path.resolve()), ray_address=ray_address,
-                   storage=None if root is None else run_folder(root, out_dir.name),
-                   weights=weights)
+    args = run_args(data, budget, seed=seed, space_path=space_path, data_root=data_root,
+                    weights=weights, ray_address=ray_address,
+                    storage=None if root is None else run_folder(root, out_dir.name))
     return _execute(Journal.create(out_dir, args), started_at, quiet)
+
+
+def run_args(data: str | Path | None, budget: Budget, *, seed: int, space_path: Path,
+             data_root: str | Path | None, weights: str | Path | None,
+             ray_address: str | None = None, storage: str | None = None) -> RunArgs:
+    """What a run is asked to do, its paths made absolute as the journal keeps them."""
+    return RunArgs(data=data_where(data), data_root=None if data_root is None else
+                   str(Path(data_root).resolve()), budget=budget, seed=seed,
+                   space=str(space_path.resolve()), ray_address=ray_address, storage=storage,
+                   weights=weights_where(weights))
 
 
 def weights_where(weights: str | Path | None) -> str | None:

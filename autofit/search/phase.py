@@ -61,18 +61,17 @@ def search_phase(ctx: RunContext, dataset: Dataset, space: SearchSpace,
         _say_plan(ctx, plan, workers.where)
         ctx.start_phase("search")
         prior = space.first_config(dataset.shape, ctx.budget.max_params, plan.cap)
-        decided = [] if prior is None else _batch(ctx, prior, plan, dataset)[1]
+        prior, decided = (None, []) if prior is None else _batch(ctx, prior, plan, dataset)
         outcome = run_search(dataset, space, ctx.budget.max_params, plan, seed=ctx.seed,
                              journal=ctx.journal, device=ctx.device, workers=workers,
                              best=best, storage=ctx.storage, log=log)
         outcome = outcome.model_copy(update={"decided": decided})
     if not outcome.contenders:
-        config = space.first_config(dataset.shape, ctx.budget.max_params, plan.cap) or (
-            outcome.top.config if outcome.records else None)  # no prior: the best-scored one
+        config = prior or (  # the prior at its batch; no prior: the best-scored trial's,
+            outcome.top.config if outcome.records else None)  # capped as it was drawn
         if config is None:
             raise AutofitError("the search ran no trial before its deadline and the space has "
                                "no first: prior to train instead; give a larger budget")
-        config = steps.fit_batch(config, plan, dataset.shape)[0]
         outcome = outcome.model_copy(update={"prior": TrialRecord(
             number=0, trial_id="", config=config, status=NO_CONTENDER)})
         log.warning("search: %s trained to its first rung (%.1fs), so none is a winner or a "
