@@ -231,10 +231,11 @@ class Cost(BaseModel):
     s_per_mac: float
     s_per_act: float
     reference_s: float  # the larger probe model's measured seconds per image: a mid-size net
+    scale: float = 1.0  # measured over priced, for the model the plan trains (probe.checked)
 
     def seconds(self, work: tuple[int, ...]) -> float:
         macs, acts = work[:2]
-        return self.s_per_mac * macs + self.s_per_act * acts
+        return self.scale * (self.s_per_mac * macs + self.s_per_act * acts)
 
 
 CAP_TOLERANCE = 1e-9  # relative: float rounding, not a looser cap (ComputeCap.allows)

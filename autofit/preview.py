@@ -29,7 +29,6 @@ from autofit.reporting.logs import close_logger, run_logger
 from autofit.runner import decide, load_data, run_args
 from autofit.search import frontier, steps
 from autofit.search.space import SearchSpace
-from autofit.train import probe
 
 
 class FrontierFigure(BaseModel):
@@ -109,11 +108,10 @@ def preview(data: str | Path | None = None, budget: Budget | None = None, *, see
                 chosen = SearchSpace.load(space_path).with_weights(args.weights)[0]
                 dataset = load_data(ctx, chosen)
                 chosen = decide(ctx, chosen, dataset)
-                from autofit.search.phase import new_plan  # Ray: as a run imports it
+                from autofit.search.phase import new_plan, priced_plan  # Ray: as a run does
 
-                cost = probe.cost(dataset.shape, ctx.device, ctx.threads) \
-                    if budget.min_epochs != 0 else None
-                plan = new_plan(ctx, dataset, cost, chosen, prior=chosen.first is not None)
+                plan = priced_plan(ctx, dataset, chosen)[1] if budget.min_epochs != 0 else \
+                    new_plan(ctx, dataset, None, chosen, prior=chosen.first is not None)
         finally:
             close_logger(ctx.log)
     images = len(dataset.y_train) + len(dataset.y_val)

@@ -202,6 +202,7 @@ def run_autofit(key: str, minutes: float, max_params: int, args: argparse.Namesp
                   trials=summary.trials, best_config=config.model_dump(),
                   val_accuracy=summary.val_accuracy, autofit_elapsed_s=summary.elapsed_s,
                   phases=summary.phases, precision=summary.precision, sized=plan.sized,
+                  decisions=[d.evidence for d in summary.decisions],
                   notes=f"{searcher or 'random'} search, {summary.trials} trials; best "
                         f"{config.family} {arch}" if plan.searched
                   else f"search skipped ({plan.split}); {config.family} {arch}")

@@ -74,6 +74,21 @@ def test_the_probe_prices_families_it_never_ran():
         assert 0.5 < predicted / measured < 2.0, (family, arch, predicted, measured)
 
 
+def test_a_checked_cost_prices_the_timed_model_as_measured_and_scales_the_rest():
+    """`probe.checked` times one model at its own batch and scales every price by the same
+    factor, so that model is priced at its measurement and the references' ratios hold."""
+    cost = Cost(s_per_mac=1e-12, s_per_act=1e-10, reference_s=1e-3)
+    arch = {"width": 16, "depth": 2}
+    scaled, measured = probe.checked(cost, "fastnet", arch, CIFAR, "cpu", batch=64)
+    work = models.count_work("fastnet", arch, CIFAR)
+    assert scaled.seconds(work) == pytest.approx(measured, rel=1e-9)
+    other = models.count_work("resnet", {"depth": 8, "width": 8}, CIFAR)
+    assert scaled.seconds(other) / cost.seconds(other) == pytest.approx(scaled.scale)
+    assert scaled.reference_s == cost.reference_s  # measured: the split's measure stays
+    again, _ = probe.checked(scaled, "fastnet", arch, CIFAR, "cpu", batch=64)
+    assert 0.5 < again.scale / scaled.scale < 2.0  # a second timing agrees with the first
+
+
 def test_a_stall_while_the_probe_times_a_reference_does_not_price_the_machine(monkeypatch):
     """Fault injection: the machine stalls for 2 s in the middle of the wide reference's
     timing (a real model, a real step). One second timed straight through read it 3x slow

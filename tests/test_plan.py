@@ -12,7 +12,11 @@ import pytest
 import yaml
 from conftest import COLOURS
 
+from autofit.budget import Budget, Cost
 from autofit.preview import Preview
+from autofit.preview import preview as plan_of
+from autofit.search import phase
+from autofit.train import probe
 
 
 def _plan(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -28,8 +32,8 @@ def test_the_plan_of_a_search_names_its_decisions_split_and_first_model(tmp_path
     assert plan.budget_s == 60 and 0 < plan.setup_s < 60 and plan.searched
     assert plan.search_s > 0 and plan.trial_s > 0 and plan.refit_s > 0
     assert plan.setup_s + plan.search_s + plan.refit_s + plan.final_reserve_s <= 60.5
-    assert [d.name for d in preview.decisions] == ["mirror", "batch"]
-    batch = preview.decisions[1]
+    assert [d.name for d in preview.decisions] == ["mirror", "price", "batch"]
+    batch = preview.decisions[2]
     assert preview.model is not None and preview.model.params <= 200_000
     assert preview.model.recipe.batch_size == batch.pinned.get("batch_size", 256)
     assert preview.model_images == pytest.approx(batch.measured["images"], rel=1e-3)
@@ -41,10 +45,11 @@ def test_the_plan_of_a_search_names_its_decisions_split_and_first_model(tmp_path
     assert text.returncode == 0, text.stderr
     lines = text.stdout.splitlines()
     heads = [line.split(":")[0] for line in lines]
-    assert heads == ["data", "setup", "decision", "decision", "search", "model size", "model",
-                     "refit", "frontier"], text.stdout
-    assert "the search's first trial" in lines[6] and f"bs={preview.model.recipe.batch_size}" \
-        in lines[6]
+    assert heads == ["data", "setup", "decision", "decision", "decision", "search", "model size",
+                     "model", "refit", "frontier"], text.stdout
+    batch = lines[4].split("decision: batch ")[1].split()[0].rstrip(",")  # this run's own
+    assert "the search's first trial" in lines[7] and f"bs={batch} " in lines[7], text.stdout
+    assert lines[3].startswith("decision: priced by timing the planned model alone: fastnet")
 
 
 def test_the_plan_of_a_skipped_search_names_the_prior_the_refit_trains(flat_folder: Path,
@@ -74,3 +79,34 @@ def test_bad_options_get_the_runs_one_line_error(args: list[str], named: str, tm
     assert len(lines) == 1 and lines[0].startswith("autofit: error:") and named in lines[0]
     assert list(tmp_path.iterdir()) == []
 
+
+
+def test_a_probe_that_under_prices_the_planned_model_is_caught_and_the_plan_made_again(
+        monkeypatch: pytest.MonkeyPatch):
+    """The references' prices are a model and missed the 10-minute CIFAR-10 refit's model by
+    1.6x (train/probe.py). Faked here 4x too cheap (fault injection), the planned model is
+    timed alone, the plan is made again at the scaled price, and a second timing finds it
+    priced close to what it measures; unchecked, the cheap price plans a larger model."""
+    real = probe.cost
+
+    def cheap(*args, **kwargs) -> Cost:
+        cost = real(*args, **kwargs)
+        return cost.model_copy(update={"s_per_mac": cost.s_per_mac / 4,
+                                       "s_per_act": cost.s_per_act / 4})
+
+    monkeypatch.setattr(probe, "cost", cheap)
+    budget = Budget(minutes=1, max_params="2M", min_rung_epochs=1000)  # the prior alone
+    checked = plan_of(budget=budget)
+    price = next(d for d in checked.decisions if d.name == "price")
+    assert "re-planned" in price.evidence and "; then " in price.evidence, price.evidence
+    assert 2.0 < checked.plan.cost.scale < 20.0, price.evidence  # 4x, and the probe's own miss
+    assert 1 / 1.5 < price.measured["ratio"] < 1.5, price.evidence  # the re-planned model
+    assert checked.model is not None
+
+    monkeypatch.setattr(phase, "CHECKS", 0)
+    unchecked = plan_of(budget=budget)
+    assert unchecked.plan.cost.scale == 1.0
+    assert not any(d.name == "price" for d in unchecked.decisions)
+    assert unchecked.model is not None
+    assert unchecked.model.arch["width"] > checked.model.arch["width"], (
+        unchecked.model.describe(), checked.model.describe())

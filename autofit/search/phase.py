@@ -7,17 +7,19 @@ plan of a search is made once Ray is up, so Ray's start-up is not search time.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from autofit import events
+from autofit import events, models
 from autofit.budget import Cost, Plan
 from autofit.config import TrialConfig
 from autofit.context import RunContext
 from autofit.data import pipeline
 from autofit.data.dataset import Dataset
 from autofit.errors import AutofitError
+from autofit.models import pretrained
 from autofit.records import (
     NO_CONTENDER,
     UNTRAINED,
@@ -45,17 +47,14 @@ def search_phase(ctx: RunContext, dataset: Dataset, space: SearchSpace,
         ctx.decisions.extend(state.search.decided)
         return state.search, state.plan
     cost, early = None, state.plan  # an earlier life's plan
+    priced: list[Decision] = []
     if early is None and ctx.budget.min_epochs != 0:  # whether to search is decided before
-        # Ray starts; on a cluster, priced at the CPUs a trial and the refit get there (a
-        # 2-core driver pricing for 1-CPU nodes sized a 3-minute refit 3.9x too large)
-        cost = probe.cost(dataset.shape, ctx.device,
-                          ctx.threads if ctx.cluster is None else ctx.cluster.trial_cpus)
-        early = new_plan(ctx, dataset, cost, space, prior=space.first is not None)
+        cost, early, priced = priced_plan(ctx, dataset, space)  # Ray starts
     prior = None if early is None or early.searched else \
         space.first_config(dataset.shape, ctx.budget.max_params, early.cap)
     if early is not None and prior is not None:  # a prior over the caps: the search runs
         ctx.journal.set(plan=early)
-        return _prior_only(ctx, prior, early, dataset), early
+        return _prior_only(ctx, prior, early, dataset, priced), early
     with ray_for(ctx, dataset, space) as workers:
         plan = _plan(ctx, dataset, cost, space)
         _say_plan(ctx, plan, workers.where)
@@ -65,7 +64,7 @@ def search_phase(ctx: RunContext, dataset: Dataset, space: SearchSpace,
         outcome = run_search(dataset, space, ctx.budget.max_params, plan, seed=ctx.seed,
                              journal=ctx.journal, device=ctx.device, workers=workers,
                              best=best, storage=ctx.storage, log=log)
-        outcome = outcome.model_copy(update={"decided": decided})
+        outcome = outcome.model_copy(update={"decided": priced + decided})
     if not outcome.contenders:
         config = prior or (  # the prior at its batch; no prior: the best-scored trial's,
             outcome.top.config if outcome.records else None)  # capped as it was drawn
@@ -133,6 +132,65 @@ def new_plan(ctx: RunContext, dataset: Dataset, cost: Cost | None, space: Search
                      frontier=sizing)
 
 
+CHECKS = 2  # timings of the planned model: the second checks the width the first re-planned
+CHECK_TOLERANCE = 0.1  # a price within 10% of the measured one is kept
+# The second timing re-plans nothing: one scale cannot fit every width where the references'
+# miss grows with width (8x8 digits: width 44 timed at 1.50x its price, then width 32 at 0.67x
+# the scaled one, and a second re-plan went back to width 44 at the probe's own price).
+LEFT = "left: a second re-plan can undo the first)"
+
+
+def priced_plan(ctx: RunContext, dataset: Dataset,
+                space: SearchSpace) -> tuple[Cost, Plan, list[Decision]]:
+    """This machine's price of a training image, the plan it makes and the `price` decision:
+    the model the plan would train first (the prior at its batch) is timed alone, and where
+    the probe's price misses it by over CHECK_TOLERANCE every price is scaled to match and the
+    plan made again (train/probe.py, `checked`). On a cluster the price is for the CPUs a
+    trial and the refit get there (a 2-core driver pricing for 1-CPU nodes sized a 3-minute
+    refit 3.9x too large)."""
+    shape = dataset.shape
+    cost = probe.cost(shape, ctx.device,
+                      ctx.threads if ctx.cluster is None else ctx.cluster.trial_cpus)
+    plan = new_plan(ctx, dataset, cost, space, prior=space.first is not None)
+    timed: list[str] = []
+    named: set[str] = set()
+    measured: dict[str, float] = {}
+    for check in range(CHECKS):
+        model = space.first_config(shape, ctx.budget.max_params, plan.cap)
+        if model is None or model.family == pretrained.FAMILY:
+            break
+        model, _ = steps.fit_batch(model, plan, shape)
+        batch = model.recipe.batch_size
+        name = f"{model.family} {' '.join(f'{k}={v}' for k, v in model.arch.items())} at " \
+               f"batch {batch}"
+        if name in named:
+            break
+        named.add(name)
+        priced = cost.seconds(models.count_work(model.family, model.arch, shape))
+        scaled, seconds = probe.checked(cost, model.family, model.arch, shape, ctx.device, batch)
+        ratio = seconds / max(priced, 1e-12)
+        close = abs(math.log(ratio)) <= math.log1p(CHECK_TOLERANCE)
+        last = check == CHECKS - 1
+        timed.append(f"{name}: {seconds * 1e3:.3g} ms per image against its price of "
+                     f"{priced * 1e3:.3g} ({ratio:.2f}x, " + (
+                         "kept)" if close else "re-planned)" if not last else LEFT))
+        measured = {"priced_ms": priced * 1e3, "measured_ms": seconds * 1e3, "ratio": ratio,
+                    "scale": cost.scale if close or last else scaled.scale}
+        if close or last:
+            break
+        cost = scaled
+        plan = new_plan(ctx, dataset, cost, space, prior=space.first is not None)
+    if not timed:
+        return cost, plan, []
+    decision = Decision(name="price", pinned={}, measured=measured, evidence=(
+        "priced by timing the planned model alone: " + "; then ".join(timed) +
+        f"; every model's price is scaled by {cost.scale:.2f}"))
+    events.emit(ctx.log, "decision", "plan: %s", decision.evidence, name=decision.name,
+                pinned={}, measured=measured)
+    ctx.decisions.append(decision)
+    return cost, plan, [decision]
+
+
 def _plan(ctx: RunContext, dataset: Dataset, cost: Cost | None, space: SearchSpace) -> Plan:
     """The split decided when the run began. A resumed search gets the search time it had
     left, cut to its planned share of what is left now (the restart's own set-up is not the
@@ -151,13 +209,13 @@ def _plan(ctx: RunContext, dataset: Dataset, cost: Cost | None, space: SearchSpa
     return recorded.model_copy(update={"search_deadline": time.time() + max(0.0, search_left)})
 
 
-def _prior_only(ctx: RunContext, config: TrialConfig, plan: Plan,
-                dataset: Dataset) -> SearchOutcome:
+def _prior_only(ctx: RunContext, config: TrialConfig, plan: Plan, dataset: Dataset,
+                priced: list[Decision]) -> SearchOutcome:
     """The outcome of a skipped search: no trials, the space's prior (`config`, fitted to
     both caps) as the model the refit trains from scratch, at the batch its planned images
     call for (search/steps.py)."""
     config, decided = _batch(ctx, config, plan, dataset)
-    outcome = SearchOutcome(records=[], overrun_s=0.0, decided=decided, prior=TrialRecord(
+    outcome = SearchOutcome(records=[], overrun_s=0.0, decided=priced + decided, prior=TrialRecord(
         number=0, trial_id="", config=config, status=UNTRAINED))
     events.emit(ctx.log, "plan", "plan: setup %.1fs, no search (%s), refit ~%.1fs, final "
                 "reserve %.1fs; model size: %s", plan.setup_s, plan.split, plan.refit_s,

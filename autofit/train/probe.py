@@ -34,18 +34,24 @@ PROBE_S = 1.0  # per model, split over ROUNDS
 # 10-minute width. Timing the models in turn, a few times, and keeping each one's fastest
 # round leaves out a stall that short.
 ROUNDS = 3
+# The references' two prices are a model: they put the 10-minute CIFAR-10 refit's model
+# (fastnet width 44, batch 256) at 0.94 ms per image, and the refit trained at 1.47 ms and saw
+# 7.3 of the 11.9 epochs planned (float32, 2-core AMD EPYC); timed alone it took 1.60 ms at
+# batch 128 and 1.74 at 256, width 20 0.49 where priced 0.35. So the model a plan would train
+# is timed on its own at its own batch, and the prices scaled to match (`checked`).
+CHECK_S, CHECK_ROUNDS = 0.6, 2
 
 
-def _stepper(family: str, arch: dict[str, int], shape: DataShape,
-             device: str) -> Callable[[], None]:
+def _stepper(family: str, arch: dict[str, int], shape: DataShape, device: str,
+             batch: int = BATCH) -> Callable[[], None]:
     """One SGD step of the model on random pixels (no data loading) at the precision
     training runs at on `device` (autofit/train/precision.py), already taken once: the first
     step pays for allocations and kernel choice."""
     net = models.build_for(family, arch, shape).to(device, memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    x = torch.rand(BATCH, shape.channels, shape.height, shape.width, device=device)
+    x = torch.rand(batch, shape.channels, shape.height, shape.width, device=device)
     x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, shape.num_classes, (BATCH,), device=device)
+    y = torch.randint(0, shape.num_classes, (batch,), device=device)
     loss_fn = nn.CrossEntropyLoss()
     bf16 = precision.choose(device).bf16
 
@@ -60,29 +66,29 @@ def _stepper(family: str, arch: dict[str, int], shape: DataShape,
     return step
 
 
-def _timed(step: Callable[[], None], seconds: float, device: str) -> float:
+def _timed(step: Callable[[], None], seconds: float, device: str, batch: int) -> float:
     """Seconds per image over at least `seconds` and two batches of steps."""
     if device == "cuda":
         torch.cuda.synchronize()
     images, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds or images < 2 * BATCH:
+    while time.perf_counter() - start < seconds or images < 2 * batch:
         step()
-        images += BATCH
+        images += batch
     if device == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - start) / images
 
 
 def seconds_per_image(nets: Sequence[tuple[str, dict[str, int]]], shape: DataShape,
-                      device: str, seconds: float = PROBE_S,
-                      rounds: int = ROUNDS) -> list[float]:
-    """Measured training seconds per image of each (family, arch): the models take turns,
-    `rounds` times, for `seconds` each in all, and each keeps its fastest round."""
-    steps = [_stepper(family, arch, shape, device) for family, arch in nets]
+                      device: str, seconds: float = PROBE_S, rounds: int = ROUNDS,
+                      batch: int = BATCH) -> list[float]:
+    """Measured training seconds per image of each (family, arch) at `batch`: the models
+    take turns, `rounds` times, for `seconds` each in all, and each keeps its fastest round."""
+    steps = [_stepper(family, arch, shape, device, batch) for family, arch in nets]
     best = [math.inf] * len(steps)
     for _ in range(rounds):
         for i, step in enumerate(steps):
-            best[i] = min(best[i], _timed(step, seconds / rounds, device))
+            best[i] = min(best[i], _timed(step, seconds / rounds, device, batch))
     return best
 
 
@@ -100,6 +106,16 @@ def cost(shape: DataShape, device: str, threads: int) -> Cost:
         prices = one_price(work, times)
     return Cost(s_per_mac=float(prices[0]), s_per_act=float(prices[1]),
                 reference_s=float(times[-1]))
+
+
+def checked(cost: Cost, family: str, arch: dict[str, int], shape: DataShape, device: str,
+            batch: int) -> tuple[Cost, float]:
+    """`cost` scaled to price (family, arch) at `batch` as this machine trains it, and the
+    seconds per image measured (CHECK_S, CHECK_ROUNDS)."""
+    measured = seconds_per_image([(family, arch)], shape, device, seconds=CHECK_S,
+                                 rounds=CHECK_ROUNDS, batch=batch)[0]
+    priced = max(cost.seconds(models.count_work(family, arch, shape)), 1e-12)
+    return cost.model_copy(update={"scale": cost.scale * measured / priced}), measured
 
 
 def one_price(work: np.ndarray, times: np.ndarray) -> np.ndarray:
