@@ -96,8 +96,8 @@ def test_a_stall_while_the_probe_times_a_reference_does_not_price_the_machine(mo
     real = probe._stepper
     steps = {"n": 0}
 
-    def stalling(family, arch, shape, device):
-        step = real(family, arch, shape, device)
+    def stalling(family, arch, shape, device, batch=probe.BATCH):
+        step = real(family, arch, shape, device, batch)
         if (family, arch) != probe.REFERENCES[-1]:
             return step
 

@@ -100,7 +100,7 @@ def test_a_probe_that_under_prices_the_planned_model_is_caught_and_the_plan_made
     price = next(d for d in checked.decisions if d.name == "price")
     assert "re-planned" in price.evidence and "; then " in price.evidence, price.evidence
     assert 2.0 < checked.plan.cost.scale < 20.0, price.evidence  # 4x, and the probe's own miss
-    assert 1 / 1.5 < price.measured["ratio"] < 1.5, price.evidence  # the re-planned model
+    assert 1 / 3 < price.measured["ratio"] < 3, price.evidence  # one scale: not exact
     assert checked.model is not None
 
     monkeypatch.setattr(phase, "CHECKS", 0)

@@ -164,6 +164,7 @@ def priced_plan(ctx: RunContext, dataset: Dataset,
         name = f"{model.family} {' '.join(f'{k}={v}' for k, v in model.arch.items())} at " \
                f"batch {batch}"
         if name in named:
+            timed[-1] += ", and the plan made again names it again"
             break
         named.add(name)
         priced = cost.seconds(models.count_work(model.family, model.arch, shape))
