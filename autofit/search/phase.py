@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from autofit import events, models
+from autofit import events
 from autofit.budget import Cost, Plan
 from autofit.config import TrialConfig
 from autofit.context import RunContext
@@ -167,9 +167,9 @@ def priced_plan(ctx: RunContext, dataset: Dataset,
             timed[-1] += ", and the plan made again names it again"
             break
         named.add(name)
-        priced = cost.seconds(models.count_work(model.family, model.arch, shape))
         scaled, seconds = probe.checked(cost, model.family, model.arch, shape, ctx.device, batch)
-        ratio = seconds / max(priced, 1e-12)
+        ratio = scaled.scale / cost.scale  # measured over priced
+        priced = seconds / ratio
         close = abs(math.log(ratio)) <= math.log1p(CHECK_TOLERANCE)
         last = check == CHECKS - 1
         timed.append(f"{name}: {seconds * 1e3:.3g} ms per image against its price of "
