@@ -232,10 +232,13 @@ class Cost(BaseModel):
     s_per_act: float
     reference_s: float  # the larger probe model's measured seconds per image: a mid-size net
     scale: float = 1.0  # measured over priced, for the model the plan trains (probe.checked)
+    data_s: float = 0.0  # the data pipeline's seconds per training image, whatever the model
+
+    def model_seconds(self, work: tuple[int, ...]) -> float:
+        return self.scale * (self.s_per_mac * work[0] + self.s_per_act * work[1])
 
     def seconds(self, work: tuple[int, ...]) -> float:
-        macs, acts = work[:2]
-        return self.scale * (self.s_per_mac * macs + self.s_per_act * acts)
+        return self.model_seconds(work) + self.data_s
 
 
 CAP_TOLERANCE = 1e-9  # relative: float rounding, not a looser cap (ComputeCap.allows)
@@ -323,7 +326,7 @@ class Plan(BaseModel):
         images = refit_images(budget, n_train, frontier) if cost is not None else None
         if share is None and cost is not None and n_train and budget.min_epochs != 0:
             epochs = SPLIT_EPOCHS if budget.min_epochs is None else budget.min_epochs
-            need = epochs * n_train * cost.reference_s
+            need = epochs * n_train * (cost.reference_s + cost.data_s)
             low, high = REFIT_SHARE
             share = 1.0 - min(max(need / trainable, low), high)
             split = (f"auto: {epochs:g} epochs of the probe's mid-size model take "
@@ -334,7 +337,8 @@ class Plan(BaseModel):
         trial_s = max(MIN_TRIAL_S, search_s / rungs)
         grace = trial_s / reduction_factor ** (rungs - 1)
         milestones = tuple(round(grace * reduction_factor**k, 3) for k in range(rungs - 1))
-        rung_epochs = grace / (n_train * cost.reference_s) if cost and n_train else math.inf
+        rung_epochs = grace / (n_train * (cost.reference_s + cost.data_s)) if cost and n_train \
+            else math.inf
         searched = not (prior and budget.search_share is None
                         and rung_epochs < budget.min_rung_epochs)
         if not searched:

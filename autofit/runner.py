@@ -41,7 +41,7 @@ from autofit.records import Summary
 from autofit.reporting import summary as summaries
 from autofit.reporting.leaderboard import write_leaderboard
 from autofit.reporting.logs import close_logger, run_logger
-from autofit.search import decided
+from autofit.search import decided, resolution
 from autofit.search.cluster import check_address
 from autofit.search.latency_fit import check_latency, latency_work
 from autofit.search.space import SearchSpace
@@ -282,12 +282,26 @@ def load_data(ctx: RunContext, space: SearchSpace) -> Dataset:
 
 
 def decide(ctx: RunContext, space: SearchSpace, dataset: Dataset) -> SearchSpace:
-    """The choices made from the data (data/mirror.py), said in the log and kept for the
-    summary; the space with the knobs they fix."""
-    ctx.decisions = [mirror.decide(dataset, ctx.seed)]
-    for decision in ctx.decisions:
+    """The choices made from the data (data/mirror.py, then search/resolution.py with the
+    mirror's pins), said in the log, kept for the summary and in the journal (a resumed run
+    keeps them: the resolution A/B is timed, and may not come out the same twice); the
+    space with the knobs they fix."""
+    recorded = ctx.journal.state.data_decided
+    if recorded is not None:
+        ctx.decisions = list(recorded)
+        ctx.log.info("data: the decisions made before the interruption stand: %s",
+                     "; ".join(d.name for d in recorded))
+        return decided.pinned(space, ctx.decisions)
+    ctx.decisions = []
+    for decide_one in (lambda: mirror.decide(dataset, ctx.seed),
+                       lambda: resolution.decide(dataset, decided.pinned(space, ctx.decisions),
+                                                 ctx.budget.seconds, ctx.device, ctx.threads,
+                                                 ctx.seed)):
+        decision = decide_one()
         events.emit(ctx.log, "decision", "data: %s", decision.evidence, name=decision.name,
                     pinned=decision.pinned, measured=decision.measured)
+        ctx.decisions.append(decision)
+    ctx.journal.set(data_decided=list(ctx.decisions))
     return decided.pinned(space, ctx.decisions)
 
 

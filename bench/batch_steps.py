@@ -1,7 +1,10 @@
-"""Benchmark: the space's prior at several batch sizes for the same seconds (search/steps.py).
+"""Benchmark: the space's prior at several batch sizes, and sides, for the same seconds.
 
     AUTOFIT_PRECISION=fp32 python bench/batch_steps.py --data ../shared/datasets/clothing-photos \\
         --seconds 120 --batches 256 64 32 --out bench/results/batch-clothing-120s.json
+
+`--sides 128 64` first scales the data down to those longest sides (search/steps.py takes
+the batch rule from these runs; data/resolution.py the training side).
 
 The prior's recipe (search_spaces/default.yaml `first:`, fastnet depth 2, whiten 2) trains on
 autofit's own training split for `--seconds` at each batch, its learning rate scaled with the
@@ -40,12 +43,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=40.0)
     parser.add_argument("--batches", type=int, nargs="+", default=[256, 128, 64])
     parser.add_argument("--width", type=int, default=20)
+    parser.add_argument("--sides", type=int, nargs="+", default=[0],
+                        help="longest sides to scale the data down to (0: as loaded)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    data = load(args.data, 0, 2)
+    loaded = load(args.data, 0, 2)
     path = pipeline.choose("cpu").name
     rows = []
-    for batch in args.batches:
+    for side, batch in ((s, b) for s in args.sides for b in args.batches):
+        data = loaded.at_side(side, "the bench's --sides") if side else loaded
         recipe = Recipe(**{**PRIOR, "batch_size": batch, "lr": PRIOR["lr"] * batch / 256})
         arch = {"width": args.width, "depth": 2, "whiten": 2}
         config = TrialConfig(family="fastnet", arch=arch, recipe=recipe,
@@ -59,7 +65,8 @@ def main() -> None:
                          total_seconds=args.seconds)
         seconds = time.time() - start
         val = pipeline.loader(path, data.x_val, data.y_val, 256, train=False, threads=2)
-        row = {"batch": batch, "lr": recipe.lr, "val_accuracy": round(evaluate(model, val)[0], 4),
+        row = {"side": max(data.shape.height, data.shape.width), "batch": batch,
+               "lr": recipe.lr, "val_accuracy": round(evaluate(model, val)[0], 4),
                "epochs": round(progress.epoch, 2), "steps": progress.steps,
                "ms_per_image": round(seconds / (progress.epoch * len(data.y_train)) * 1e3, 3)}
         print(row, flush=True)

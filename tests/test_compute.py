@@ -14,6 +14,7 @@ from torch import nn
 from autofit import models
 from autofit.budget import MIN_REFIT_IMAGES, Budget, Clock, ComputeCap, Cost, Plan
 from autofit.config import Recipe, TrialConfig
+from autofit.data import pipeline
 from autofit.models import DataShape
 from autofit.presets import preset
 from autofit.reserves import EVAL_PASS_SHARE, final_reserve
@@ -87,6 +88,27 @@ def test_a_checked_cost_prices_the_timed_model_as_measured_and_scales_the_rest()
     assert scaled.reference_s == cost.reference_s  # measured: the split's measure stays
     again, _ = probe.checked(scaled, "fastnet", arch, CIFAR, "cpu", batch=64)
     assert 0.5 < again.scale / scaled.scale < 2.0  # a second timing agrees with the first
+
+
+def test_the_data_pipeline_is_timed_on_the_runs_images_and_priced_unscaled():
+    """The loader's time is the data's, not a model's: it grows with the pixels (12x here),
+    and a checked cost prices the timed model at its measurement plus the loader's time, the
+    loader's time not scaled with the model's."""
+    path = pipeline.choose("cpu").name
+    recipe = Recipe(batch_size=64, lr=0.1, weight_decay=0.0)
+    rng = np.random.default_rng(0)
+    small, large = (rng.integers(0, 255, (600, h, w, 3), dtype=np.uint8) for h, w in
+                    ((32, 32), (96, 128)))
+    labels = rng.integers(0, 10, 600)
+    small_s = probe.data_seconds(path, small, labels, recipe, "cpu", 2)
+    large_s = probe.data_seconds(path, large, labels, recipe, "cpu", 2)
+    assert small_s > 0 and 2 * small_s < large_s, (small_s, large_s)
+    cost = Cost(s_per_mac=1e-12, s_per_act=1e-10, reference_s=1e-3, data_s=large_s)
+    arch = {"width": 16, "depth": 2}
+    scaled, measured = probe.checked(cost, "fastnet", arch, CIFAR, "cpu", batch=64)
+    work = models.count_work("fastnet", arch, CIFAR)
+    assert scaled.model_seconds(work) == pytest.approx(measured, rel=1e-9)
+    assert scaled.seconds(work) == pytest.approx(measured + large_s, rel=1e-9)
 
 
 def test_a_stall_while_the_probe_times_a_reference_does_not_price_the_machine(monkeypatch):

@@ -44,11 +44,13 @@ def real_count(model: torch.nn.Module) -> int:
 
 
 def test_registry_knobs():
-    assert models.knobs("resnet") == {"depth", "width"}
-    assert models.knobs("wrn") == {"depth", "widen"}
-    assert models.knobs("pyramidnet") == {"depth", "alpha", "shakedrop"}
-    assert models.knobs("fastnet") == {"width", "depth", "whiten"}
+    shrink = models.SHRINK  # every from-scratch family's (search/resolution.py), never required
+    assert models.knobs("resnet") == {"depth", "width", shrink}
+    assert models.knobs("wrn") == {"depth", "widen", shrink}
+    assert models.knobs("pyramidnet") == {"depth", "alpha", "shakedrop", shrink}
+    assert models.knobs("fastnet") == {"width", "depth", "whiten", shrink}
     assert models.required_knobs("fastnet") == {"width", "depth"}  # whiten defaults to off
+    assert models.knobs("pretrained") == {"net", "resolution"}  # resizes to its own side
 
 
 @pytest.mark.parametrize("family", FAMILIES)

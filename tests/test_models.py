@@ -33,6 +33,3 @@ def test_bad_depth_is_refused():
     with pytest.raises(ValueError, match="6n\\+2"):
         models.build_for("resnet", {"depth": 10, "width": 8}, DataShape(3, 32, 32, 10))
 
-
-def test_family_knobs():
-    assert models.knobs("resnet") == {"depth", "width"}

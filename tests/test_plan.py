@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import yaml
 from conftest import COLOURS
 
 from autofit.budget import Budget, Cost
+from autofit.data import pipeline
 from autofit.preview import Preview
 from autofit.preview import preview as plan_of
 from autofit.search import phase
@@ -32,8 +34,9 @@ def test_the_plan_of_a_search_names_its_decisions_split_and_first_model(tmp_path
     assert plan.budget_s == 60 and 0 < plan.setup_s < 60 and plan.searched
     assert plan.search_s > 0 and plan.trial_s > 0 and plan.refit_s > 0
     assert plan.setup_s + plan.search_s + plan.refit_s + plan.final_reserve_s <= 60.5
-    assert [d.name for d in preview.decisions] == ["mirror", "price", "batch"]
-    batch = preview.decisions[2]
+    assert [d.name for d in preview.decisions] == ["mirror", "resolution", "price", "batch"]
+    assert preview.decisions[1].pinned == {}  # 8x8 digits: nothing to halve
+    batch = preview.decisions[3]
     assert preview.model is not None and preview.model.params <= 200_000
     assert preview.model.recipe.batch_size == batch.pinned.get("batch_size", 256)
     assert preview.model_images == pytest.approx(batch.measured["images"], rel=1e-3)
@@ -45,11 +48,14 @@ def test_the_plan_of_a_search_names_its_decisions_split_and_first_model(tmp_path
     assert text.returncode == 0, text.stderr
     lines = text.stdout.splitlines()
     heads = [line.split(":")[0] for line in lines]
-    assert heads == ["data", "setup", "decision", "decision", "decision", "search", "model size",
+    assert heads == ["data", "setup", "decision", "decision", "decision", "decision", "search",
+                     "model size",
                      "model", "refit", "frontier"], text.stdout
-    batch = lines[4].split("decision: batch ")[1].split()[0].rstrip(",")  # this run's own
-    assert "the search's first trial" in lines[7] and f"bs={batch} " in lines[7], text.stdout
-    assert lines[3].startswith("decision: priced by timing the planned model alone: fastnet")
+    batch = lines[5].split("decision: batch ")[1].split()[0].rstrip(",")  # this run's own
+    assert "the search's first trial" in lines[8] and f"bs={batch} " in lines[8], text.stdout
+    assert lines[3].startswith("decision: images 8x8 train as loaded"), lines[3]
+    assert lines[4].startswith("decision: the training loader (dali-cpu) takes "), lines[4]
+    assert "; priced by timing the planned model alone: fastnet" in lines[4]
 
 
 def test_the_plan_of_a_skipped_search_names_the_prior_the_refit_trains(flat_folder: Path,
@@ -106,7 +112,37 @@ def test_a_probe_that_under_prices_the_planned_model_is_caught_and_the_plan_made
     monkeypatch.setattr(phase, "CHECKS", 0)
     unchecked = plan_of(budget=budget)
     assert unchecked.plan.cost.scale == 1.0
-    assert not any(d.name == "price" for d in unchecked.decisions)
+    price = next(d for d in unchecked.decisions if d.name == "price")  # the loader's time only
+    assert "priced by timing" not in price.evidence and "ratio" not in price.measured
     assert unchecked.model is not None
     assert unchecked.model.arch["width"] > checked.model.arch["width"], (
         unchecked.model.describe(), checked.model.describe())
+
+
+def test_a_slow_data_pipeline_is_priced_into_every_model_and_plans_fewer_images(
+        monkeypatch: pytest.MonkeyPatch):
+    """Fault injection: the training loader made 3 ms per image slower (a sleep per batch, the
+    model untouched). The plan prices that time into every image, says so, and plans the
+    refit's model fewer images than where the loader is as fast as it is."""
+    fast = plan_of(budget=Budget(minutes=1, max_params="2M", min_rung_epochs=1000))
+    real = pipeline.training_loader
+
+    class Slow:
+        def __init__(self, loader) -> None:
+            self.loader = loader
+
+        def __iter__(self):
+            for x, y in self.loader:
+                time.sleep(3e-3 * len(y))
+                yield x, y
+
+    monkeypatch.setattr(pipeline, "training_loader", lambda *a, **k: Slow(real(*a, **k)))
+    slow = plan_of(budget=Budget(minutes=1, max_params="2M", min_rung_epochs=1000))
+    price = next(d for d in slow.decisions if d.name == "price")
+    assert price.measured["data_ms"] > 3.0, price.evidence
+    assert slow.plan.cost.data_s == pytest.approx(price.measured["data_ms"] / 1e3)
+    assert price.evidence.startswith("the training loader (dali-cpu) takes "), price.evidence
+    fast_price = next(d for d in fast.decisions if d.name == "price")
+    assert fast_price.measured["data_ms"] < 1.0, fast_price.evidence
+    assert slow.model_images is not None and fast.model_images is not None
+    assert slow.model_images < 0.8 * fast.model_images, (slow.model_images, fast.model_images)

@@ -117,6 +117,9 @@ def test_kill_nine_twice_then_resume_loses_nothing(flat_folder: Path, tmp_path: 
     text = log.read_text()
     assert "refit: resuming" in text
     assert not (out / "refit.pt").exists()
+    assert text.count("data: the decisions made before the interruption stand: mirror; "
+                      "resolution") == 2  # a timed A/B may not come out the same twice
+    assert [d["name"] for d in summary["decisions"]][:2] == ["mirror", "resolution"]
 
 
 def test_kill_during_the_report_resumes_into_the_report_alone(flat_folder: Path, tmp_path: Path,

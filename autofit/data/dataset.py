@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple
@@ -91,6 +91,19 @@ class Dataset:
             stds.append(round(max(var**0.5, 1e-3), 6))
         return means, stds
 
+    def at_side(self, side: int, how: str) -> Dataset:
+        """A copy whose every split is scaled down (antialiased) to at most `side` pixels a
+        side, keeping the aspect; `how` says why, after the resolution's own reason."""
+        height, width = self.shape.height, self.shape.width
+        scale = side / max(height, width)
+        if scale >= 1.0:
+            return self
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        res = self.resolution._replace(height=size[0], width=size[1],
+                                       how=f"{self.resolution.how}; {how}")
+        return replace(self, x_train=_scaled(self.x_train, size), x_val=_scaled(self.x_val, size),
+                       x_test=_scaled(self.x_test, size), resolution=res)
+
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)}
 
@@ -125,6 +138,20 @@ def resolution(infos: list[ImageInfo]) -> Resolution:
         height, width = max(1, round(height * scale)), max(1, round(width * scale))
         how += f", scaled to at most {MAX_SIDE} pixels a side"
     return Resolution(height, width, channels, how)
+
+
+def _scaled(images: np.ndarray, size: tuple[int, int], chunk: int = 1024) -> np.ndarray:
+    """uint8 N x H x W x C images resized to `size` (bilinear with antialiasing, in chunks so
+    no float copy of the whole split is made)."""
+    import torch
+    from torch.nn.functional import interpolate
+
+    out = np.empty((len(images), *size, images.shape[-1]), dtype=np.uint8)
+    for start in range(0, len(images), chunk):
+        x = torch.from_numpy(images[start:start + chunk]).permute(0, 3, 1, 2).float()
+        y = interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        out[start:start + chunk] = y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    return out
 
 
 def _check_room(root: Path, count: int, res: Resolution) -> None:

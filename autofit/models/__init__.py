@@ -28,11 +28,16 @@ FAMILIES: Mapping[str, Callable[..., nn.Module]] = MappingProxyType({
     pretrained.FAMILY: pretrained.build,
 })
 _NOT_KNOBS = frozenset({"in_channels", "num_classes", "input_size", "dropout"})
+# Every from-scratch family's optional knob: the input is averaged down by this factor before
+# the family's own layers, which are laid out for the smaller side (search/resolution.py
+# decides it from the data). Pretrained nets resize to their own `resolution` instead.
+SHRINK = "shrink"
 
 
 def knobs(family: str) -> set[str]:
     """Architecture knobs a family's builder takes (what a search space may set)."""
-    return set(inspect.signature(FAMILIES[family]).parameters) - _NOT_KNOBS
+    own = set(inspect.signature(FAMILIES[family]).parameters) - _NOT_KNOBS
+    return own if family == pretrained.FAMILY else own | {SHRINK}
 
 
 def required_knobs(family: str) -> set[str]:
@@ -44,8 +49,25 @@ def required_knobs(family: str) -> set[str]:
 
 def build(family: str, arch: Mapping[str, int], in_channels: int, num_classes: int,
           input_size: int, dropout: float = 0.0) -> nn.Module:
-    return FAMILIES[family](**arch, in_channels=in_channels, num_classes=num_classes,
-                            input_size=input_size, dropout=dropout)
+    own = {k: v for k, v in arch.items() if k != SHRINK}
+    shrink = arch.get(SHRINK, 1)
+    net = FAMILIES[family](**own, in_channels=in_channels, num_classes=num_classes,
+                           input_size=max(1, input_size // shrink), dropout=dropout)
+    return net if shrink == 1 else Shrunk(shrink, net)
+
+
+class Shrunk(nn.Module):
+    """A network behind a `shrink` x `shrink` average pool: the antialiased downscale of the
+    input (a box filter, exact at a factor of 2), inside the model, so the data, its pipeline
+    and the exported model's input keep the loaded side."""
+
+    def __init__(self, shrink: int, net: nn.Module) -> None:
+        super().__init__()
+        self.shrink = nn.AvgPool2d(shrink)
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(self.shrink(x))
 
 
 def count_params(family: str, arch: Mapping[str, int], in_channels: int, num_classes: int,

@@ -280,6 +280,7 @@ class JournalState(Versioned):
     phase: str | None = None
     beat_at: float | None = None  # time.time() of the last heartbeat: older than ALIVE_S, dead
     data: DataFingerprint | None = None
+    data_decided: list[Decision] | None = None  # the data's decisions: a resume keeps them
     plan: Plan | None = None
     workers: WorkerFacts | None = None
     search_clock: SearchClock | None = None

@@ -1,22 +1,40 @@
-"""The search space with the training knobs the data decided (autofit/data/mirror.py) fixed,
-in its draws and in its `first:` prior alike."""
+"""The search space with the knobs the data decided (autofit/data/mirror.py, the training
+knobs; search/resolution.py, models.SHRINK) fixed, in its draws and in its `first:` prior."""
 
 from __future__ import annotations
 
+from autofit import models
 from autofit.records import Decision
 from autofit.search.knobs import Choice
 from autofit.search.space import SearchSpace
 
 
 def pinned(space: SearchSpace, decisions: list[Decision]) -> SearchSpace:
-    """`space` with each knob a decision pins reduced to its one value."""
+    """`space` with each knob a decision pins reduced to its one value: training knobs for
+    every family, models.SHRINK for each family that takes it."""
     pins = {knob: value for d in decisions for knob, value in d.pinned.items()}
     if not pins:
         return space
     training = {**space.training, **{k: Choice(choices=[v]) for k, v in pins.items()
                                      if k in space.training}}
+    arch = {k: v for k, v in pins.items() if k == models.SHRINK}
+    families = {family: {**knobs, **{k: Choice(choices=[v]) for k, v in arch.items()
+                                     if k in models.knobs(family)}}
+                for family, knobs in space.families.items()}
     first = space.first
     if first is not None:
-        first = first.model_copy(update={"training": {
-            **first.training, **{k: v for k, v in pins.items() if k in first.training}}})
-    return space.model_copy(update={"training": training, "first": first})
+        first = first.model_copy(update={
+            "training": {**first.training,
+                         **{k: v for k, v in pins.items() if k in first.training}},
+            "arch": {**first.arch, **{k: v for k, v in arch.items()
+                                      if k in models.knobs(first.family)}}})
+    return space.model_copy(update={"training": training, "first": first,
+                                    "families": families})
+
+
+def shrink(space: SearchSpace) -> int:
+    """The factor the space's models average their input down by (1: none pinned)."""
+    for knobs in space.families.values():
+        if models.SHRINK in knobs:
+            return int(max(knobs[models.SHRINK].values()))
+    return 1

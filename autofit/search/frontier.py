@@ -134,12 +134,13 @@ def load(path: Path = FILE) -> Frontier:
 
 
 @functools.cache
-def _ruler(shape: DataShape, max_params: int) -> tuple[tuple[int, tuple[int, int]], ...]:
+def _ruler(shape: DataShape, max_params: int,
+           shrink: int = 1) -> tuple[tuple[int, tuple[int, int]], ...]:
     """(width, (MACs, activations)) of the ruler's widths within `max_params` (the narrowest
-    always)."""
+    always), their input averaged down by `shrink` (models.SHRINK)."""
     rows = []
     for width in WIDTHS:
-        arch = {**ARCH, "width": width}
+        arch = {**ARCH, "width": width, **({models.SHRINK: shrink} if shrink > 1 else {})}
         if rows and models.count_for(FAMILY, arch, shape) > max_params:
             break
         rows.append((width, models.count_work(FAMILY, arch, shape)))
@@ -147,14 +148,15 @@ def _ruler(shape: DataShape, max_params: int) -> tuple[tuple[int, tuple[int, int
 
 
 def size(frontier: Frontier, cost: Cost, shape: DataShape, unique: int, seconds: float,
-         max_params: int, probe: float | None = None, dataset: str | None = None) -> Sizing:
+         max_params: int, probe: float | None = None, dataset: str | None = None,
+         shrink: int = 1) -> Sizing:
     """The width whose `seconds` of training on `unique` images the law for this data (by
     `dataset` or its linear `probe`: Frontier.law) scores best."""
     law = frontier.law(probe, dataset)
     why = "named" if law.dataset == dataset else "no probe of this data" if probe is None \
         else f"linear probe {law.probe:.2f} there, {probe:.2f} here"
     best: Sizing | None = None
-    for width, work in _ruler(shape, max_params):
+    for width, work in _ruler(shape, max_params, shrink):
         image_s = max(cost.seconds(work), 1e-12)
         images = max(seconds, 0.0) / image_s
         sizing = Sizing(seconds=seconds, width=width, image_s=image_s, images=images,
@@ -173,7 +175,7 @@ FINE_TUNE_EPOCHS = 20.0
 
 def refit_images(space_families: set[str], shape: DataShape, unique: int, max_params: int,
                  cost: Cost, probe: float | None = None,
-                 frontier: Frontier | None = None) -> RefitImages:
+                 frontier: Frontier | None = None, shrink: int = 1) -> RefitImages:
     """The plan's question, answered for this data, space and machine: how many images a refit
     of so many seconds should see, and why (budget.Plan.make turns it into the compute cap)."""
     if pretrained.FAMILY in space_families:
@@ -185,7 +187,7 @@ def refit_images(space_families: set[str], shape: DataShape, unique: int, max_pa
     law = frontier or load()
 
     def images(seconds: float) -> tuple[float, str]:
-        sizing = size(law, cost, shape, unique, seconds, max_params, probe)
+        sizing = size(law, cost, shape, unique, seconds, max_params, probe, shrink=shrink)
         return sizing.images, sizing.describe()
 
     return images

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 from autofit import events
 from autofit.budget import Cost, Plan
-from autofit.config import TrialConfig
+from autofit.config import Recipe, TrialConfig
 from autofit.context import RunContext
 from autofit.data import pipeline
 from autofit.data.dataset import Dataset
@@ -28,7 +28,7 @@ from autofit.records import (
     TrialRecord,
     WorkerFacts,
 )
-from autofit.search import frontier, steps
+from autofit.search import decided, frontier, steps
 from autofit.search.cluster import Workers, ray_session
 from autofit.search.packing import Probe
 from autofit.search.space import SearchSpace
@@ -126,7 +126,7 @@ def new_plan(ctx: RunContext, dataset: Dataset, cost: Cost | None, space: Search
     n_train = len(dataset.y_train) + len(dataset.y_val)  # the refit's images
     sizing = None if cost is None else frontier.refit_images(
         set(space.families), dataset.shape, n_train, ctx.budget.max_params, cost,
-        probe=frontier.linear_probe(ctx.decisions))
+        probe=frontier.linear_probe(ctx.decisions), shrink=decided.shrink(space))
     return Plan.make(ctx.budget, ctx.clock, len(dataset.y_test), n_train=n_train, cost=cost,
                      prior=prior, test_passes=space.prior_test_passes, latency=ctx.latency,
                      frontier=sizing)
@@ -143,14 +143,21 @@ LEFT = "left: a second re-plan can undo the first)"
 def priced_plan(ctx: RunContext, dataset: Dataset,
                 space: SearchSpace) -> tuple[Cost, Plan, list[Decision]]:
     """This machine's price of a training image, the plan it makes and the `price` decision:
-    the model the plan would train first (the prior at its batch) is timed alone, and where
-    the probe's price misses it by over CHECK_TOLERANCE every price is scaled to match and the
-    plan made again (train/probe.py, `checked`). On a cluster the price is for the CPUs a
-    trial and the refit get there (a 2-core driver pricing for 1-CPU nodes sized a 3-minute
-    refit 3.9x too large)."""
+    the run's training loader is timed on its own images (probe.data_seconds: its time is
+    added to every model's), then the model the plan would train first (the prior at its
+    batch) is timed alone, and where the probe's price misses it by over CHECK_TOLERANCE every
+    model's price is scaled to match and the plan made again (train/probe.py, `checked`). On
+    a cluster the price is for the CPUs a trial and the refit get there (a 2-core driver
+    pricing for 1-CPU nodes sized a 3-minute refit 3.9x too large)."""
     shape = dataset.shape
-    cost = probe.cost(shape, ctx.device,
-                      ctx.threads if ctx.cluster is None else ctx.cluster.trial_cpus)
+    threads = ctx.threads if ctx.cluster is None else ctx.cluster.trial_cpus
+    cost = probe.cost(shape, ctx.device, threads)
+    prior = space.first_config(shape, ctx.budget.max_params)
+    recipe = Recipe(batch_size=probe.BATCH, lr=0.1, weight_decay=0.0) if prior is None else \
+        prior.recipe.model_copy(update={"batch_size": probe.BATCH})  # its augmentation
+    data_s = probe.data_seconds(dataset.data_path, dataset.x_train, dataset.y_train, recipe,
+                                ctx.device, threads)
+    cost = cost.model_copy(update={"data_s": data_s})
     plan = new_plan(ctx, dataset, cost, space, prior=space.first is not None)
     timed: list[str] = []
     named: set[str] = set()
@@ -181,11 +188,12 @@ def priced_plan(ctx: RunContext, dataset: Dataset,
             break
         cost = scaled
         plan = new_plan(ctx, dataset, cost, space, prior=space.first is not None)
-    if not timed:
-        return cost, plan, []
-    decision = Decision(name="price", pinned={}, measured=measured, evidence=(
-        "priced by timing the planned model alone: " + "; then ".join(timed) +
-        f"; every model's price is scaled by {cost.scale:.2f}"))
+    loader = (f"the training loader ({dataset.data_path}) takes {data_s * 1e3:.3g} ms per "
+              "image, added to every model's price")
+    measured["data_ms"] = data_s * 1e3
+    decision = Decision(name="price", pinned={}, measured=measured, evidence=loader + (
+        "" if not timed else "; priced by timing the planned model alone: " +
+        "; then ".join(timed) + f"; every model's price is scaled by {cost.scale:.2f}"))
     events.emit(ctx.log, "decision", "plan: %s", decision.evidence, name=decision.name,
                 pinned={}, measured=measured)
     ctx.decisions.append(decision)
