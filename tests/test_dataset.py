@@ -55,6 +55,26 @@ def test_splits_are_seeded_and_disjoint():
     assert np.bincount(labels[held]).tolist() == [8] * 5
 
 
+def test_a_dataset_scaled_to_a_side_keeps_its_labels_aspect_and_pixels(split_folder: Path):
+    """`Dataset.at_side` (bench/batch_steps.py --sides): every split scaled down, the aspect
+    kept, each image's mean kept, and nearer the 2x2 blocks' means than a sample of every
+    other pixel is (an antialiased downscale); a side at or over the data's own returns the
+    data as it is."""
+    data = load(split_folder, seed=0, threads=2)
+    half = data.at_side(8, "halved by the test")
+    assert half.shape.height == half.shape.width == 8
+    for before, after in ((data.x_train, half.x_train), (data.x_val, half.x_val),
+                          (data.x_test, half.x_test)):
+        assert after.shape == (len(before), 8, 8, 3) and after.dtype == np.uint8
+        blocks = before.reshape(len(before), 8, 2, 8, 2, 3).mean(axis=(2, 4))
+        sampled = before[:, ::2, ::2].astype(float)
+        assert np.abs(after - blocks).mean() < 0.5 * np.abs(sampled - blocks).mean()
+        assert np.abs(after.mean(axis=(1, 2)) - before.mean(axis=(1, 2))).max() < 2.0
+    assert half.y_train is data.y_train and half.classes == data.classes
+    assert half.resolution.how.endswith("; halved by the test")
+    assert data.at_side(16, "as it is") is data
+
+
 def test_embedded_digits():
     data = load(None, seed=0, threads=1)
     assert data.classes == [str(i) for i in range(10)]
