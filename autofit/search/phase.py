@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 from autofit import events
 from autofit.budget import Cost, Plan
-from autofit.config import Recipe, TrialConfig
+from autofit.config import TrialConfig
 from autofit.context import RunContext
 from autofit.data import pipeline
 from autofit.data.dataset import Dataset
@@ -152,11 +152,9 @@ def priced_plan(ctx: RunContext, dataset: Dataset,
     shape = dataset.shape
     threads = ctx.threads if ctx.cluster is None else ctx.cluster.trial_cpus
     cost = probe.cost(shape, ctx.device, threads)
-    prior = space.first_config(shape, ctx.budget.max_params)
-    recipe = Recipe(batch_size=probe.BATCH, lr=0.1, weight_decay=0.0) if prior is None else \
-        prior.recipe.model_copy(update={"batch_size": probe.BATCH})  # its augmentation
-    data_s = probe.data_seconds(dataset.data_path, dataset.x_train, dataset.y_train, recipe,
-                                ctx.device, threads)
+    data_s = probe.data_seconds(dataset.data_path, dataset.x_train, dataset.y_train,
+                                steps.prior_recipe(space, shape, probe.BATCH), ctx.device,
+                                threads)
     cost = cost.model_copy(update={"data_s": data_s})
     plan = new_plan(ctx, dataset, cost, space, prior=space.first is not None)
     timed: list[str] = []

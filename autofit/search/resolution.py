@@ -34,6 +34,7 @@ from autofit.models import pretrained
 from autofit.records import Decision
 from autofit.search import frontier
 from autofit.search.space import SearchSpace
+from autofit.search.steps import prior_recipe
 from autofit.train.loop import evaluate, make_model, train
 
 # At most 96 a side the stem strides and does not pool, and halving leaves the same maps at the
@@ -66,7 +67,8 @@ def decide(dataset: Dataset, space: SearchSpace, budget_s: float, device: str, t
         return Decision(name="resolution", pinned={}, measured=measured, evidence=(
             f"resolution not judged: {ARM_SHARE:.0%} of the budget is {arm_s:.1f}s, under the "
             f"{MIN_ARM_S:g}s a side needs; images {size} train as loaded"))
-    recipe = _recipe(space, dataset)
+    recipe = prior_recipe(space, shape, BATCH).model_copy(update={
+        "tta": False, "tta_translate": False})  # scored on the plain views: faster
     full, full_s, n, steps = _arm(dataset, recipe, 1, device, threads, seed, seconds=arm_s)
     half, half_s, _, _ = _arm(dataset, recipe, FACTOR, device, threads, seed, seconds=arm_s,
                               steps=steps)
@@ -88,16 +90,6 @@ def decide(dataset: Dataset, space: SearchSpace, budget_s: float, device: str, t
                     evidence=(f"images train at half side, {halved} (averaged 2x2 in the model, "
                               f"which still takes {size}): {ab}; the full side does not win by "
                               "more than the error, and the half side's images cost less"))
-
-
-def _recipe(space: SearchSpace, dataset: Dataset) -> Recipe:
-    """The prior's recipe (its mirroring as the data decided it) at BATCH, its learning rate
-    scaled with the batch; without a prior, the speed-run recipe's; no test-time views."""
-    prior = space.first_config(dataset.shape, 10**9)
-    recipe = Recipe(batch_size=256, lr=0.4, weight_decay=1e-3, label_smoothing=0.2) \
-        if prior is None or prior.family == pretrained.FAMILY else prior.recipe
-    return recipe.model_copy(update={"batch_size": BATCH, "lr": recipe.lr * BATCH /
-                                     recipe.batch_size, "tta": False, "tta_translate": False})
 
 
 def _arm(dataset: Dataset, recipe: Recipe, shrink: int, device: str, threads: int, seed: int,

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 from autofit import models
 from autofit.budget import Plan
-from autofit.config import TrialConfig
+from autofit.config import Recipe, TrialConfig
 from autofit.models import DataShape, pretrained
 from autofit.records import Decision
+from autofit.search.space import SearchSpace
 
 TARGET_STEPS = 3000  # the steps a refit should take at least: 2,000-3,700 beat 900-1,400
 MIN_BATCH = 64  # 32 lost to 64 at 120 s on the clothing photos (0.81 against 0.85)
@@ -69,3 +70,14 @@ def fit_batch(config: TrialConfig, plan: Plan,
     if images is None:
         return config, None
     return batch_for(config, images)
+
+
+def prior_recipe(space: SearchSpace, shape: DataShape, batch: int) -> Recipe:
+    """The space's prior's recipe (its augmentation as the data's decisions pinned it) at
+    `batch`, its learning rate scaled with the batch; without a from-scratch prior, the
+    speed-run recipe's (batch 256, lr 0.4). What setup trains or times before the plan."""
+    prior = space.first_config(shape, 10**9)
+    recipe = Recipe(batch_size=256, lr=0.4, weight_decay=1e-3, label_smoothing=0.2) \
+        if prior is None or prior.family == pretrained.FAMILY else prior.recipe
+    return recipe.model_copy(update={"batch_size": batch,
+                                     "lr": recipe.lr * batch / recipe.batch_size})
