@@ -37,7 +37,7 @@ from autofit.journal import Journal, prepare_run_dir
 from autofit.latency_budget import LatencyCap
 from autofit.models import DataShape
 from autofit.presets import preset
-from autofit.records import Summary
+from autofit.records import Decision, Summary
 from autofit.reporting import summary as summaries
 from autofit.reporting.leaderboard import write_leaderboard
 from autofit.reporting.logs import close_logger, run_logger
@@ -292,17 +292,19 @@ def decide(ctx: RunContext, space: SearchSpace, dataset: Dataset) -> SearchSpace
         ctx.log.info("data: the decisions made before the interruption stand: %s",
                      "; ".join(d.name for d in recorded))
         return decided.pinned(space, ctx.decisions)
-    ctx.decisions = []
-    for decide_one in (lambda: mirror.decide(dataset, ctx.seed),
-                       lambda: resolution.decide(dataset, decided.pinned(space, ctx.decisions),
-                                                 ctx.budget.seconds, ctx.device, ctx.threads,
-                                                 ctx.seed)):
-        decision = decide_one()
-        events.emit(ctx.log, "decision", "data: %s", decision.evidence, name=decision.name,
-                    pinned=decision.pinned, measured=decision.measured)
-        ctx.decisions.append(decision)
+    ctx.decisions = [_said(ctx, mirror.decide(dataset, ctx.seed))]
+    ctx.decisions.append(_said(ctx, resolution.decide(
+        dataset, decided.pinned(space, ctx.decisions), ctx.budget.seconds, ctx.device,
+        ctx.threads, ctx.seed)))
     ctx.journal.set(data_decided=list(ctx.decisions))
     return decided.pinned(space, ctx.decisions)
+
+
+def _said(ctx: RunContext, decision: Decision) -> Decision:
+    """`decision`, said in the log and the event stream."""
+    events.emit(ctx.log, "decision", "data: %s", decision.evidence, name=decision.name,
+                pinned=decision.pinned, measured=decision.measured)
+    return decision
 
 
 def _check_caps(ctx: RunContext, space: SearchSpace, shape: DataShape) -> None:
