@@ -41,7 +41,7 @@ from autofit.records import Decision, Summary
 from autofit.reporting import summary as summaries
 from autofit.reporting.leaderboard import write_leaderboard
 from autofit.reporting.logs import close_logger, run_logger
-from autofit.search import decided, resolution
+from autofit.search import decided, learning_rate, resolution
 from autofit.search.cluster import check_address
 from autofit.search.latency_fit import check_latency, latency_work
 from autofit.search.space import SearchSpace
@@ -283,9 +283,9 @@ def load_data(ctx: RunContext, space: SearchSpace) -> Dataset:
 
 def decide(ctx: RunContext, space: SearchSpace, dataset: Dataset) -> SearchSpace:
     """The choices made from the data (data/mirror.py, then search/resolution.py with the
-    mirror's pins), said in the log, kept for the summary and in the journal (a resumed run
-    keeps them: the resolution A/B is timed, and may not come out the same twice); the
-    space with the knobs they fix."""
+    mirror's pins, then search/learning_rate.py with both), said in the log, kept for the
+    summary and in the journal (a resumed run keeps them: the resolution A/B and the range
+    test are timed, and may not come out the same twice); the space they fix and scale."""
     recorded = ctx.journal.state.data_decided
     if recorded is not None:
         ctx.decisions = list(recorded)
@@ -296,6 +296,10 @@ def decide(ctx: RunContext, space: SearchSpace, dataset: Dataset) -> SearchSpace
     ctx.decisions.append(_said(ctx, resolution.decide(
         dataset, decided.pinned(space, ctx.decisions), ctx.budget.seconds, ctx.device,
         ctx.threads, ctx.seed)))
+    space_now = decided.pinned(space, ctx.decisions)
+    ctx.decisions.append(_said(ctx, learning_rate.decide(
+        dataset, space_now, ctx.budget.seconds, ctx.device, ctx.threads, ctx.seed,
+        shrink=decided.shrink(space_now))))
     ctx.journal.set(data_decided=list(ctx.decisions))
     return decided.pinned(space, ctx.decisions)
 

@@ -9,6 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from autofit.data.dataset import Dataset, Resolution
+
 COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200),
            "yellow": (210, 200, 40)}
 
@@ -77,3 +79,27 @@ def progress(**given):
               "steps": 10, "images_per_s": 100.0, "eval_images_per_s": 500.0, "loss": 1.0,
               "state": "completed", "batch_size": 64, "oom_retries": 0}
     return Progress(**{**fields, **given})
+
+
+def made_dataset(x: np.ndarray, y: np.ndarray) -> Dataset:
+    """Images and labels made by a test as a Dataset, a quarter of them the validation and
+    test splits."""
+    n_val = len(y) // 4
+    _, height, width, channels = x.shape
+    return Dataset(name="made", classes=[str(c) for c in range(int(y.max()) + 1)],
+                   x_train=x[n_val:], y_train=y[n_val:], x_val=x[:n_val], y_val=y[:n_val],
+                   x_test=x[:n_val], y_test=y[:n_val], source="made by the test",
+                   resolution=Resolution(height, width, channels, "made"))
+
+
+def blocks(n: int = 1200, side: int = 128) -> Dataset:
+    """A coloured square on dark noise, its colour the label: a few steps learn it, and
+    nothing a half side loses."""
+    rng = np.random.default_rng(1)
+    colours = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40]])
+    y = rng.integers(0, len(colours), n)
+    x = rng.integers(0, 60, (n, side, side, 3)).astype(np.uint8)
+    for i in range(n):
+        top, left = rng.integers(0, side // 2, 2)
+        x[i, top:top + side // 2, left:left + side // 2] = colours[y[i]]
+    return made_dataset(x, y)

@@ -114,7 +114,7 @@ def test_a_run_trains_without_mirrors_where_the_data_says_so(arrows: Path, tmp_p
                  seed=0, quiet=True)
     summary = Summary.read(result.run_dir / "summary.json")
     assert summary is not None
-    assert [d.name for d in summary.decisions] == ["mirror", "resolution", "price", "batch"]
+    assert [d.name for d in summary.decisions] == ["mirror", "resolution", "lr", "price", "batch"]
     assert summary.decisions[0].pinned == {"hflip": False, "tta": False}
     assert summary.best_config is not None
     assert summary.best_config.recipe.hflip is False and summary.best_config.recipe.tta is False
@@ -123,7 +123,7 @@ def test_a_run_trains_without_mirrors_where_the_data_says_so(arrows: Path, tmp_p
     # the search ran, and every trial took the batch its refit's planned images call for
     assert summary.plan is not None and summary.plan.searched and summary.trials
     assert summary.plan.cost is not None  # the search's plan prices at the checked scale
-    assert summary.plan.cost.scale == summary.decisions[2].measured["scale"]
+    assert summary.plan.cost.scale == summary.decisions[3].measured["scale"]
     assert "plan: the training loader (dali-cpu) takes " in log
     assert "; priced by timing the planned model alone: fastnet" in log
     assert "every trial's batch is capped the same way" in log

@@ -34,9 +34,11 @@ def test_the_plan_of_a_search_names_its_decisions_split_and_first_model(tmp_path
     assert plan.budget_s == 60 and 0 < plan.setup_s < 60 and plan.searched
     assert plan.search_s > 0 and plan.trial_s > 0 and plan.refit_s > 0
     assert plan.setup_s + plan.search_s + plan.refit_s + plan.final_reserve_s <= 60.5
-    assert [d.name for d in preview.decisions] == ["mirror", "resolution", "price", "batch"]
+    assert [d.name for d in preview.decisions] == ["mirror", "resolution", "lr", "price", "batch"]
     assert preview.decisions[1].pinned == {}  # 8x8 digits: nothing to halve
-    batch = preview.decisions[3]
+    assert preview.decisions[2].evidence.startswith("learning rate not tested: 3% of the "
+                                                    "budget is 1.8s")  # a minute: too short
+    batch = preview.decisions[4]
     assert preview.model is not None and preview.model.params <= 200_000
     assert preview.model.recipe.batch_size == batch.pinned.get("batch_size", 256)
     assert preview.model_images == pytest.approx(batch.measured["images"], rel=1e-3)
@@ -48,14 +50,14 @@ def test_the_plan_of_a_search_names_its_decisions_split_and_first_model(tmp_path
     assert text.returncode == 0, text.stderr
     lines = text.stdout.splitlines()
     heads = [line.split(":")[0] for line in lines]
-    assert heads == ["data", "setup", "decision", "decision", "decision", "decision", "search",
-                     "model size",
-                     "model", "refit", "frontier"], text.stdout
-    batch = lines[5].split("decision: batch ")[1].split()[0].rstrip(",")  # this run's own
-    assert "the search's first trial" in lines[8] and f"bs={batch} " in lines[8], text.stdout
+    assert heads == ["data", "setup", "decision", "decision", "decision", "decision",
+                     "decision", "search", "model size", "model", "refit", "frontier"], \
+        text.stdout
+    batch = lines[6].split("decision: batch ")[1].split()[0].rstrip(",")  # this run's own
+    assert "the search's first trial" in lines[9] and f"bs={batch} " in lines[9], text.stdout
     assert lines[3].startswith("decision: images 8x8 train as loaded"), lines[3]
-    assert lines[4].startswith("decision: the training loader (dali-cpu) takes "), lines[4]
-    assert "; priced by timing the planned model alone: fastnet" in lines[4]
+    assert lines[5].startswith("decision: the training loader (dali-cpu) takes "), lines[5]
+    assert "; priced by timing the planned model alone: fastnet" in lines[5]
 
 
 def test_the_plan_of_a_skipped_search_names_the_prior_the_refit_trains(flat_folder: Path,

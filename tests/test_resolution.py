@@ -10,10 +10,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import blocks, made_dataset
 
 from autofit import models
 from autofit.budget import Cost
-from autofit.data.dataset import Dataset, Resolution
+from autofit.data.dataset import Dataset
 from autofit.deliver.export import export_onnx
 from autofit.models import Classifier, DataShape
 from autofit.search import decided, frontier, resolution
@@ -21,15 +22,6 @@ from autofit.search.space import SearchSpace
 
 SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "default.yaml"
 PHOTO = DataShape(3, 96, 128, 10)
-
-
-def _dataset(x: np.ndarray, y: np.ndarray) -> Dataset:
-    n_val = len(y) // 4
-    _, height, width, channels = x.shape
-    return Dataset(name="made", classes=[str(c) for c in range(int(y.max()) + 1)],
-                   x_train=x[n_val:], y_train=y[n_val:], x_val=x[:n_val], y_val=y[:n_val],
-                   x_test=x[:n_val], y_test=y[:n_val], source="made by the test",
-                   resolution=Resolution(height, width, channels, "made"))
 
 
 def _stripes(n: int = 1200, side: int = 128) -> Dataset:
@@ -44,19 +36,7 @@ def _stripes(n: int = 1200, side: int = 128) -> Dataset:
         image = np.broadcast_to(lines[None, :] if y[i] else lines[:, None], (side, side))
         noise = rng.integers(0, 60, (side, side))
         x[i] = (image + noise)[..., None].astype(np.uint8)
-    return _dataset(x, y)
-
-
-def _blocks(n: int = 1200, side: int = 128) -> Dataset:
-    """A coloured square on dark noise, its colour the label: nothing a half side loses."""
-    rng = np.random.default_rng(1)
-    colours = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40]])
-    y = rng.integers(0, len(colours), n)
-    x = rng.integers(0, 60, (n, side, side, 3)).astype(np.uint8)
-    for i in range(n):
-        top, left = rng.integers(0, side // 2, 2)
-        x[i, top:top + side // 2, left:left + side // 2] = colours[y[i]]
-    return _dataset(x, y)
+    return made_dataset(x, y)
 
 
 def test_a_shrunk_model_averages_its_input_inside_itself_and_exports_at_the_loaded_side(
@@ -90,7 +70,7 @@ def test_detail_that_carries_the_label_keeps_the_loaded_side():
 
 
 def test_labels_a_half_side_keeps_train_at_half_side_in_every_model_of_the_space():
-    data = _blocks()
+    data = blocks()
     space = SearchSpace.load(SPACE)
     decision = resolution.decide(data, space, 200.0, "cpu", 2, seed=0)
     assert decision.pinned == {models.SHRINK: 2}, decision.evidence
@@ -115,6 +95,6 @@ def test_labels_a_half_side_keeps_train_at_half_side_in_every_model_of_the_space
     (128, 60.0, "resolution not judged: 3% of the budget is 1.8s, under the 3s a side needs"),
 ])
 def test_small_images_or_a_short_budget_decide_nothing(side: int, budget_s: float, says: str):
-    data = _blocks(n=64, side=side)
+    data = blocks(n=64, side=side)
     decision = resolution.decide(data, SearchSpace.load(SPACE), budget_s, "cpu", 2, seed=0)
     assert decision.pinned == {} and decision.evidence.startswith(says), decision.evidence

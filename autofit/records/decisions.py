@@ -10,6 +10,7 @@ class Decision(Record):
     """One choice from the data: the training knobs it sets, in words and in numbers."""
 
     name: str  # what was decided, e.g. "mirror"
-    pinned: dict[str, bool | int | float | str]  # training knobs it fixes (empty: none)
+    # training or model knobs it fixes (empty: none); lr_scale: a factor on every learning rate
+    pinned: dict[str, bool | int | float | str]
     evidence: str  # one line: what was measured and what it says
     measured: dict[str, float]

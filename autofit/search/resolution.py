@@ -27,14 +27,14 @@ import numpy as np
 import torch
 
 from autofit import models
-from autofit.config import Recipe, TrialConfig
+from autofit.config import Recipe
 from autofit.data import pipeline
 from autofit.data.dataset import Dataset
 from autofit.models import pretrained
 from autofit.records import Decision
 from autofit.search import frontier
 from autofit.search.space import SearchSpace
-from autofit.search.steps import prior_recipe
+from autofit.search.steps import prior_recipe, probe_config
 from autofit.train.loop import evaluate, make_model, train
 
 # At most 96 a side the stem strides and does not pool, and halving leaves the same maps at the
@@ -97,12 +97,9 @@ def _arm(dataset: Dataset, recipe: Recipe, shrink: int, device: str, threads: in
     """Validation accuracy after training at 1/`shrink` of the side for `seconds` (or `steps`
     steps, within twice `seconds`), seconds per training image, the validation images scored
     and the steps taken."""
-    shape = dataset.shape
-    arch = {**frontier.ARCH, "width": WIDTH, models.SHRINK: shrink}
-    config = TrialConfig(family=frontier.FAMILY, arch=arch, recipe=recipe,
-                         params=models.count_for(frontier.FAMILY, arch, shape))
+    config = probe_config(dataset.shape, recipe, WIDTH, shrink)
     torch.manual_seed(seed)
-    model = make_model(config, shape, *dataset.mean_std, device=device)
+    model = make_model(config, dataset.shape, *dataset.mean_std, device=device)
     loader = pipeline.training_loader(dataset.data_path, dataset.x_train, dataset.y_train,
                                       recipe, seed=seed, threads=threads, device=device)
     start = time.time()

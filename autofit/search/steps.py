@@ -26,6 +26,7 @@ from autofit.budget import Plan
 from autofit.config import Recipe, TrialConfig
 from autofit.models import DataShape, pretrained
 from autofit.records import Decision
+from autofit.search import frontier
 from autofit.search.space import SearchSpace
 
 TARGET_STEPS = 3000  # the steps a refit should take at least: 2,000-3,700 beat 900-1,400
@@ -70,6 +71,14 @@ def fit_batch(config: TrialConfig, plan: Plan,
     if images is None:
         return config, None
     return batch_for(config, images)
+
+
+def probe_config(shape: DataShape, recipe: Recipe, width: int, shrink: int) -> TrialConfig:
+    """The small model setup's data tests train (the frontier's fastnet at `width`, its input
+    averaged down by `shrink`) with `recipe`."""
+    arch = {**frontier.ARCH, "width": width, models.SHRINK: shrink}
+    return TrialConfig(family=frontier.FAMILY, arch=arch, recipe=recipe,
+                       params=models.count_for(frontier.FAMILY, arch, shape))
 
 
 def prior_recipe(space: SearchSpace, shape: DataShape, batch: int) -> Recipe:
