@@ -55,7 +55,7 @@ def batch_for(config: TrialConfig, images: float) -> tuple[TrialConfig, Decision
     return scaled, Decision(name="batch", pinned={"batch_size": batch, "lr": lr},
                             measured=measured, evidence=(
         f"batch {batch}, learning rate {lr:.3g} (the prior's {recipe.batch_size} and "
-        f"{recipe.lr:g}, scaled): the refit's ~{images:,.0f} planned images make "
+        f"{recipe.lr:.3g}, scaled): the refit's ~{images:,.0f} planned images make "
         f"{steps:,.0f} steps at {recipe.batch_size}, {images / batch:,.0f} at {batch} "
         f"(at least {TARGET_STEPS:,} where the batch allows, down to {MIN_BATCH})"))
 
