@@ -51,6 +51,18 @@ def test_the_prior_rate_is_scaled_to_the_data_far_off_or_not(factor: float, says
     assert prior is not None and prior.recipe.lr == pytest.approx(scaled.first.training["lr"])
 
 
+def test_a_prior_within_the_band_of_the_rate_found_is_kept():
+    data = blocks(800, 32)
+    found = learning_rate.decide(data, _space_at(1.0), 200.0, "cpu", 2, seed=0)
+    scale = found.pinned.get(decided.LR_SCALE, 1.0)
+    decision = learning_rate.decide(data, _space_at(scale * 1.2), 200.0, "cpu", 2, seed=0)
+    assert decision.pinned == {}, decision.evidence
+    assert 0.5 <= decision.measured["scale"] <= 2.0
+    assert decision.evidence.startswith(
+        f"learning rate {decision.measured['prior_lr']:.3g} at batch 64 kept: a range test")
+    assert decision.evidence.endswith("within 2x of the prior's")
+
+
 def test_the_range_test_stops_where_the_loss_diverges():
     data = blocks(800, 32)
     recipe = _space_at(1.0).first_config(data.shape, 2_000_000).recipe
