@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -292,14 +293,17 @@ def decide(ctx: RunContext, space: SearchSpace, dataset: Dataset) -> SearchSpace
         ctx.log.info("data: the decisions made before the interruption stand: %s",
                      "; ".join(d.name for d in recorded))
         return decided.pinned(space, ctx.decisions)
-    ctx.decisions = [_said(ctx, mirror.decide(dataset, ctx.seed))]
-    ctx.decisions.append(_said(ctx, resolution.decide(
-        dataset, decided.pinned(space, ctx.decisions), ctx.budget.seconds, ctx.device,
-        ctx.threads, ctx.seed)))
-    space_now = decided.pinned(space, ctx.decisions)
-    ctx.decisions.append(_said(ctx, learning_rate.decide(
-        dataset, space_now, ctx.budget.seconds, ctx.device, ctx.threads, ctx.seed,
-        shrink=decided.shrink(space_now))))
+    ctx.decisions = []
+    makers: dict[str, Callable[[SearchSpace], Decision]] = {
+        "mirror": lambda now: mirror.decide(dataset, ctx.seed),
+        "resolution": lambda now: resolution.decide(
+            dataset, now, ctx.budget.seconds, ctx.device, ctx.threads, ctx.seed),
+        "lr": lambda now: learning_rate.decide(
+            dataset, now, ctx.budget.seconds, ctx.device, ctx.threads, ctx.seed,
+            shrink=decided.shrink(now))}
+    for name, make in makers.items():
+        ctx.decisions.append(_said(ctx, make(decided.pinned(space, ctx.decisions))
+                                   if name in space.decide else decided.left_out(name, space)))
     ctx.journal.set(data_decided=list(ctx.decisions))
     return decided.pinned(space, ctx.decisions)
 

@@ -15,6 +15,7 @@ from conftest import COLOURS
 
 from autofit.budget import Budget, Cost
 from autofit.data import pipeline
+from autofit.presets import preset
 from autofit.preview import Preview
 from autofit.preview import preview as plan_of
 from autofit.search import phase
@@ -148,3 +149,33 @@ def test_a_slow_data_pipeline_is_priced_into_every_model_and_plans_fewer_images(
     assert fast_price.measured["data_ms"] < 1.0, fast_price.evidence
     assert slow.model_images is not None and fast.model_images is not None
     assert slow.model_images < 0.8 * fast.model_images, (slow.model_images, fast.model_images)
+
+
+def test_a_space_that_leaves_the_decisions_out_keeps_its_knobs_as_written(tmp_path: Path):
+    space = yaml.safe_load(preset("search_spaces", "default").read_text())
+    assert space["decide"] == ["mirror", "resolution", "lr"]
+    space["decide"] = ["resolution"]
+    path = tmp_path / "as-written.yaml"
+    path.write_text(yaml.safe_dump(space))
+    done = _plan(["--minutes", "1", "--max-params", "200k", "--space", str(path), "--json"],
+                 tmp_path)
+    assert done.returncode == 0, done.stderr
+    preview = Preview.model_validate_json(done.stdout)
+    assert [d.name for d in preview.decisions] == ["mirror", "resolution", "lr", "price", "batch"]
+    mirror, _, lr = preview.decisions[:3]
+    for decision in (mirror, lr):  # on the digits a mirror changes the label: said, not made
+        assert decision.pinned == {} and decision.measured == {}
+        assert decision.evidence.startswith(f"{decision.name} not decided: the search space "
+                                            f"{path} leaves it out of `decide:`"), decision
+    assert preview.model is not None and preview.model.recipe.hflip is True  # as written
+    assert preview.model.recipe.tta is True
+
+
+def test_a_decision_the_space_does_not_know_is_its_one_line_error(tmp_path: Path):
+    space = yaml.safe_load(preset("search_spaces", "default").read_text())
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump({**space, "decide": ["mirror", "lr_scale"]}))
+    done = _plan(["--minutes", "1", "--space", str(path)], tmp_path)
+    assert done.returncode != 0
+    error = done.stderr.strip().splitlines()
+    assert len(error) == 1 and str(path) in error[0] and "decide" in error[0], done.stderr

@@ -54,3 +54,10 @@ def shrink(space: SearchSpace) -> int:
         if models.SHRINK in knobs:
             return int(max(knobs[models.SHRINK].values()))
     return 1
+
+
+def left_out(name: str, space: SearchSpace) -> Decision:
+    """The decision `name` not made, because the space's `decide:` leaves it out."""
+    return Decision(name=name, pinned={}, measured={}, evidence=(
+        f"{name} not decided: the search space {space.source} leaves it out of `decide:`, so "
+        f"its knobs stand as written"))

@@ -45,6 +45,9 @@ class SearchSpace(BaseModel):
     # How draws are made: seeded random sampling, or Optuna's TPE learning from the trials so
     # far (autofit/search/tpe.py). Random stays the default until a benchmark says otherwise.
     searcher: Literal["random", "tpe"] = "random"
+    # The choices autofit makes from the data before the plan (autofit/runner.py `decide`);
+    # each may change the prior's knobs, so a space whose `first:` must stand as written drops them.
+    decide: list[Literal["mirror", "resolution", "lr"]] = ["mirror", "resolution", "lr"]
     source: str = "<memory>"
     # Exact counts already made: a fill search counts the same few models again and again.
     _counts: dict[tuple[object, ...], int] = PrivateAttr(default_factory=dict)
