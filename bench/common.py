@@ -97,6 +97,27 @@ def default_prior() -> Any:
     return first
 
 
+def cpu_prior(data_path: Path, threads: int = 2) -> tuple[Any, Any, Any]:
+    """What the speed scripts time: `data_path` loaded on the CPU (torch at `threads`), the
+    default space's prior and its recipe."""
+    import torch
+
+    from autofit.config import Recipe
+    from autofit.data import pipeline
+    from autofit.data.dataset import load
+
+    torch.set_num_threads(threads)
+    data = load(str(data_path), 0, threads, path=pipeline.choose("cpu"))
+    first = default_prior()
+    return data, first, Recipe.model_validate(first.training)
+
+
+def at_batch(recipe: Any, batch: int) -> Any:
+    """`recipe` at `batch`, its learning rate scaled with it (the linear rule autofit uses)."""
+    return recipe.model_copy(update={"batch_size": batch,
+                                     "lr": recipe.lr * batch / recipe.batch_size})
+
+
 def prior_model(data: Any, first: Any, width: int, recipe: Any, seed: int,
                 threads: int, arch: dict[str, int] | None = None) -> tuple[Any, Any]:
     """The prior's model at `width` (its other knobs changed by `arch`) with `recipe`, its

@@ -12,11 +12,15 @@ bench/README.md, "The clothing photos, and batch size from the steps"):
   128 (1,996) 0.837; width 32, 400 s: 256 (1,379) 0.858, 128 (3,737) 0.873, at 1.13 and 0.84
   ms per image (bench/results/batch-cifar-400s.json).
 
-On a CPU a smaller batch costs no more per image (at 96x128 it costs less), so the prior takes
-the largest batch that gives its refit TARGET_STEPS steps, not under MIN_BATCH, and scales the
-learning rate with it (Goyal et al. 2017). Every trial of a search takes the same cap, from
-the images its refit would see: at 5 minutes on the clothing photos the search's first trial,
-the prior at batch 256, reached 0.36 validation accuracy in its 65 s, and the run 50.00%.
+In float32 on a CPU a smaller batch costs no more per image (at 96x128 it costs less). Under
+bf16 on a 2-core Xeon with AMX it does: batch 64 trained at 0.81-0.83x the images/s of batch
+256 at widths 12 and 24, 0.95x at width 40 (bench/results/precision-batch.json), still four
+times the steps for the images. So the prior takes the largest batch that gives its refit
+TARGET_STEPS steps, not under MIN_BATCH, and scales the learning rate with it (Goyal et al.
+2017); the plan prices the model by timing it at that batch (search/phase.py), so the cost
+lands in the width it picks. Every trial of a search takes the same cap, from the images its
+refit would see: at 5 minutes on the clothing photos the search's first trial, the prior at
+batch 256, reached 0.36 validation accuracy in its 65 s, and the run 50.00%.
 """
 
 from __future__ import annotations
