@@ -112,12 +112,6 @@ def cpu_prior(data_path: Path, threads: int = 2) -> tuple[Any, Any, Any]:
     return data, first, Recipe.model_validate(first.training)
 
 
-def at_batch(recipe: Any, batch: int) -> Any:
-    """`recipe` at `batch`, its learning rate scaled with it (the linear rule autofit uses)."""
-    return recipe.model_copy(update={"batch_size": batch,
-                                     "lr": recipe.lr * batch / recipe.batch_size})
-
-
 def prior_model(data: Any, first: Any, width: int, recipe: Any, seed: int,
                 threads: int, arch: dict[str, int] | None = None) -> tuple[Any, Any]:
     """The prior's model at `width` (its other knobs changed by `arch`) with `recipe`, its

@@ -5,8 +5,8 @@
 
 Every image/s a budgeted run gains is accuracy (the compute frontier), but compiling takes
 seconds out of the same budget. This trains the prior (fastnet, the space's recipe at
-`--batch`, the learning rate scaled) through autofit's own loader and trainer, eager and
-compiled (inductor), interleaved, and writes each one's images/s after a warm-up and the
+`--batch`, the learning rate scaled) through autofit's own loader and trainer, eager then
+compiled (inductor) at each width, once, and writes each one's images/s after a warm-up and the
 warm-up's seconds (for the compiled model, its compile): the break-even is the warm-up's
 extra seconds over the fraction of speed gained.
 """
@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     ROOT,
     add_data_argument,
-    at_batch,
     check_data,
     cpu_prior,
     prior_model,
@@ -43,6 +42,7 @@ def main() -> int:
 
     import torch
 
+    from autofit.search.steps import at_batch
     from autofit.train import precision
     from autofit.train.loop import train
 

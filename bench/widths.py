@@ -3,8 +3,8 @@
     python bench/widths.py [--widths 8 12 16 20 24] [--seconds 8] [--rounds 2]
     python bench/widths.py --widths 16 24 32 --precisions fp32 bf16 \\
         --out bench/results/precision.json
-    python bench/widths.py --widths 12 32 --precisions fp32 bf16 --batches 64 256 \\
-        --out bench/results/precision-batch.json
+    python bench/widths.py --widths 12 24 40 --precisions fp32 bf16 --batches 64 128 256 \\
+        --seconds 6 --rounds 1 --out bench/results/precision-batch.json
 
 The compute cap picks the prior's width from autofit/train/probe.py's two-price cost model, and
 autofit/train/precision.py trains under bf16 autocast on a CPU with AMX tiles. This trains fastnet
@@ -13,8 +13,8 @@ trainer, each width, precision (`AUTOFIT_PRECISION`; by default only the one aut
 here) and batch (`--batches`, learning rate scaled with it) for `--seconds`, all interleaved
 `--rounds` times so the machine's drift touches them alike, and writes bench/results/widths.json:
 measured and predicted images/s per width, precision and batch and, with both precisions, bf16's
-ratio to float32 within each round. Whether
-bf16 costs accuracy is bench/prior.py's question: run it with AUTOFIT_PRECISION=fp32 and bf16.
+ratio to float32 within each round. Whether bf16 costs accuracy is bench/prior.py's question:
+run it with AUTOFIT_PRECISION=fp32 and bf16.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     ROOT,
     add_data_argument,
-    at_batch,
     check_data,
     cpu_prior,
     prior_model,
@@ -54,6 +53,7 @@ def main() -> int:
     import torch
 
     from autofit import models
+    from autofit.search.steps import at_batch
     from autofit.train import precision, probe
     from autofit.train.loop import train
 

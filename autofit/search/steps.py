@@ -37,6 +37,12 @@ TARGET_STEPS = 3000  # the steps a refit should take at least: 2,000-3,700 beat 
 MIN_BATCH = 64  # 32 lost to 64 at 120 s on the clothing photos (0.81 against 0.85)
 
 
+def at_batch(recipe: Recipe, batch: int) -> Recipe:
+    """`recipe` at `batch`, its learning rate scaled by the same factor (the linear rule)."""
+    return recipe.model_copy(update={"batch_size": batch,
+                                     "lr": recipe.lr * batch / recipe.batch_size})
+
+
 def batch_for(config: TrialConfig, images: float) -> tuple[TrialConfig, Decision]:
     """`config` at the largest batch (the prior's halved, down to MIN_BATCH) whose `images`
     make TARGET_STEPS steps, its learning rate scaled by the same factor; and the decision,
@@ -45,7 +51,7 @@ def batch_for(config: TrialConfig, images: float) -> tuple[TrialConfig, Decision
     batch = recipe.batch_size
     while batch > MIN_BATCH and images / batch < TARGET_STEPS:
         batch //= 2
-    lr = recipe.lr * batch / recipe.batch_size
+    scaled = at_batch(recipe, batch)
     steps = images / max(recipe.batch_size, 1)
     measured = {"images": round(images, 1), "prior_batch": float(recipe.batch_size),
                 "prior_lr": recipe.lr, "prior_steps": round(steps, 1),
@@ -54,10 +60,9 @@ def batch_for(config: TrialConfig, images: float) -> tuple[TrialConfig, Decision
         return config, Decision(name="batch", pinned={}, measured=measured, evidence=(
             f"batch {batch} kept: the refit's ~{images:,.0f} planned images make "
             f"{steps:,.0f} steps (at least {TARGET_STEPS:,})"))
-    scaled = config.model_copy(update={"recipe": recipe.model_copy(update={
-        "batch_size": batch, "lr": lr})})
-    return scaled, Decision(name="batch", pinned={"batch_size": batch, "lr": lr},
-                            measured=measured, evidence=(
+    lr = scaled.lr
+    return config.model_copy(update={"recipe": scaled}), Decision(
+        name="batch", pinned={"batch_size": batch, "lr": lr}, measured=measured, evidence=(
         f"batch {batch}, learning rate {lr:.3g} (the prior's {recipe.batch_size} and "
         f"{recipe.lr:.3g}, scaled): the refit's ~{images:,.0f} planned images make "
         f"{steps:,.0f} steps at {recipe.batch_size}, {images / batch:,.0f} at {batch} "
@@ -92,5 +97,4 @@ def prior_recipe(space: SearchSpace, shape: DataShape, batch: int) -> Recipe:
     prior = space.first_config(shape, 10**9)
     recipe = Recipe(batch_size=256, lr=0.4, weight_decay=1e-3, label_smoothing=0.2) \
         if prior is None or prior.family == pretrained.FAMILY else prior.recipe
-    return recipe.model_copy(update={"batch_size": batch,
-                                     "lr": recipe.lr * batch / recipe.batch_size})
+    return at_batch(recipe, batch)
