@@ -294,7 +294,7 @@ class Plan(BaseModel):
              cost: Cost | None = None, reduction_factor: int = 3, rungs: int = 3,
              prior: bool = False, test_passes: int = 2,
              latency: LatencyModel | None = None,
-             frontier: RefitImages | None = None) -> Plan:
+             frontier: RefitImages | None = None, test_rate: float | None = None) -> Plan:
         """The split and, with a measured `cost`, the compute cap: a model whose refit on
         `n_train` images could not see the images it should in `refit_s` is not tried: with
         `min_epochs` auto, as many as the `frontier` says for that time, else `min_epochs`
@@ -305,9 +305,12 @@ class Plan(BaseModel):
         time: where an epoch is dear (CIFAR on a CPU) the refit gets most of it, where it is
         cheap (a small dataset, a GPU) the search does. Where even then the first ASHA rung
         would train under `budget.min_rung_epochs`, and the space has a `prior` to fall back
-        on, the search is skipped and all the trainable time goes to the prior."""
+        on, the search is skipped and all the trainable time goes to the prior. The final
+        test pass runs at `test_rate` images/s where it was timed (the planned model's, in
+        onnxruntime), else at a rate guessed from the probe's training cost."""
         left = clock.left()
-        eval_rate = test_pass_rate(cost.reference_s, test_passes) if cost else EVAL_RATE_GUESS
+        eval_rate = test_rate or (test_pass_rate(cost.reference_s, test_passes) if cost
+                                  else EVAL_RATE_GUESS)
         reserve = final_reserve(n_test, eval_rate, quantize=budget.quantize is not None) + \
             latency_reserve(budget.max_latency_ms)
         int8_s = quantize_reserve(n_test, eval_rate) if budget.quantize is not None else 0.0

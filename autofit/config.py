@@ -30,7 +30,7 @@ class Recipe(BaseModel):
     alternate_flip: bool = False  # with hflip: each image mirrored every other epoch (airbench)
     cutout: float = Field(default=0.0, ge=0.0, le=1.0)
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)  # SGD momentum, Adam's beta1
-    optimizer: Literal["sgd", "adam", "adamw", "nadam", "sam"] = "sgd"
+    optimizer: Literal["sgd", "adam", "adamw", "nadam", "sam", "muon"] = "sgd"
     schedule: Literal["onecycle", "cosine"] = "onecycle"
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)  # before the classifier head
     ema: bool = False  # evaluate, checkpoint and export an EMA of the weights

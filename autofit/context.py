@@ -7,13 +7,14 @@ Set up once per process life by the runner; each phase fills in its result (`pla
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autofit import events
 from autofit.budget import Budget, Clock, Plan
-from autofit.config import RunArgs
+from autofit.config import RunArgs, TrialConfig
 from autofit.journal import Journal
 from autofit.latency_budget import LatencyInfo, LatencyModel
 from autofit.records import (
@@ -51,6 +52,9 @@ class RunContext:
     latency: LatencyModel | None = None  # --max-latency-ms: calibrated in setup, for the plan
     latency_info: LatencyInfo | None = None  # --max-latency-ms: the exported model, timed
     decisions: list[Decision] = field(default_factory=list)  # made from the data, in setup
+    # onnxruntime's test-pass images/s for a model, timed untrained (the runner sets it:
+    # deliver/evaluate.untrained_speed), so the plan keeps the time its model's test pass takes
+    test_speed: Callable[[TrialConfig], float] | None = None
 
     @property
     def args(self) -> RunArgs:

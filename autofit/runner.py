@@ -7,6 +7,7 @@ the run and are recorded. A killed run resumes (`resume`) at the phase it was in
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -24,6 +25,7 @@ from autofit.data.dataset import Dataset, load
 from autofit.data.sources import NAMED
 from autofit.deliver import best as best_so_far
 from autofit.deliver import latency, quantize
+from autofit.deliver.evaluate import untrained_speed
 from autofit.deliver.export import model_metadata
 from autofit.environment import scoped_environment
 from autofit.errors import (
@@ -279,6 +281,8 @@ def load_data(ctx: RunContext, space: SearchSpace) -> Dataset:
                          f"run started ({recorded.model_dump()} then, "
                          f"{fingerprint.model_dump()} now)")
     ctx.journal.set(data=fingerprint)
+    ctx.test_speed = functools.partial(untrained_speed, dataset=dataset, run_dir=ctx.run_dir,
+                                       threads=ctx.threads)
     return dataset
 
 

@@ -53,6 +53,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "alternate_flip=true": {"alternate_flip": True},
     "ema=true": {"ema": True},
     "whiten=0": {"whiten": 0},
+    "optimizer=muon": {"optimizer": "muon"},
+    "optimizer=muon,lr=0.8": {"optimizer": "muon", "lr": 0.8},
+    "optimizer=muon,lr=0.2": {"optimizer": "muon", "lr": 0.2},
+    "optimizer=muon,lr=0.1": {"optimizer": "muon", "lr": 0.1},
+    "optimizer=muon,lr=0.05": {"optimizer": "muon", "lr": 0.05},
 }
 VIEWS = {"none": (False, False), "flip": (True, False), "flip+translate": (True, True)}
 

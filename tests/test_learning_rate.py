@@ -103,3 +103,12 @@ def test_a_test_cut_short_before_the_loss_turns_decides_nothing(monkeypatch: pyt
     assert decision.pinned == {} and decision.measured["steps"] == 1.0
     assert decision.evidence.startswith("learning rate not judged: a range test"), \
         decision.evidence
+
+
+def test_a_muon_prior_is_range_tested_on_sgd_whose_turn_the_rule_was_measured_on():
+    data = blocks(800, 32)
+    recipe = _space_at(1.0).first_config(data.shape, 2_000_000).recipe
+    assert recipe.optimizer == "muon"
+    tested = [learning_rate.range_test(data, r, "cpu", 2, 0, 1, stop_at=time.time() + 60)
+              for r in (recipe, recipe.model_copy(update={"optimizer": "sgd"}))]
+    assert tested[0] == tested[1]

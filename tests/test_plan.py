@@ -13,6 +13,7 @@ import pytest
 import yaml
 from conftest import COLOURS
 
+from autofit import runner
 from autofit.budget import Budget, Cost
 from autofit.data import pipeline
 from autofit.presets import preset
@@ -179,3 +180,34 @@ def test_a_decision_the_space_does_not_know_is_its_one_line_error(tmp_path: Path
     assert done.returncode != 0
     error = done.stderr.strip().splitlines()
     assert len(error) == 1 and str(path) in error[0] and "decide" in error[0], done.stderr
+
+
+def test_the_plan_keeps_the_time_its_models_test_pass_takes(monkeypatch: pytest.MonkeyPatch):
+    """The plan times its model's test pass in onnxruntime and keeps that time back from the
+    refit. Fault injection: the test pass made 100x slower plans a larger reserve and fewer
+    refit images; a test pass that cannot be timed leaves the probe's guess, said."""
+    budget = Budget(minutes=1, max_params="2M", min_rung_epochs=1000)  # the prior alone
+    timed = plan_of(budget=budget)
+    price = next(d for d in timed.decisions if d.name == "price")
+    rate = price.measured["test_images_per_s"]
+    assert rate > 0 and f"timed at {rate:.0f} images/s in onnxruntime" in price.evidence
+
+    real = runner.untrained_speed
+    monkeypatch.setattr(runner, "untrained_speed", lambda *a, **k: real(*a, **k) / 100)
+    slow = plan_of(budget=budget)
+    slow_rate = next(d for d in slow.decisions if d.name == "price").measured[
+        "test_images_per_s"]
+    assert slow_rate < rate / 30, (slow_rate, rate)
+    assert slow.plan.final_reserve_s > timed.plan.final_reserve_s + 3.0, (slow.plan, timed.plan)
+    assert slow.plan.refit_s < timed.plan.refit_s
+    assert slow.model_images is not None and timed.model_images is not None
+    assert slow.model_images < timed.model_images
+
+    def fails(*args, **kwargs) -> float:
+        raise RuntimeError("injected: onnxruntime cannot load the model")
+
+    monkeypatch.setattr(runner, "untrained_speed", fails)
+    guessed = plan_of(budget=budget)
+    price = next(d for d in guessed.decisions if d.name == "price")
+    assert "test_images_per_s" not in price.measured and "onnxruntime" not in price.evidence
+    assert guessed.plan.refit_s > 0

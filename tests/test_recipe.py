@@ -434,3 +434,62 @@ def test_training_runs_at_the_chosen_precision_and_evaluation_in_float32(monkeyp
     seen.clear()
     evaluate(model, BatchLoader(x, y, 32, train=False))
     assert set(seen) == {torch.float32}
+
+
+def test_orthogonalized_pushes_singular_values_towards_one_for_wide_and_tall():
+    """Singular values spread 30x (a gradient's) come out within 0.6-1.3: three steps of
+    Jordan's quintic, which trades exactness for speed."""
+    torch.manual_seed(0)
+    for rows, cols in ((16, 72), (72, 16)):
+        k = min(rows, cols)
+        left, right = (torch.linalg.qr(torch.randn(n, k))[0] for n in (rows, cols))
+        g = left @ torch.diag(torch.logspace(-1.5, 0, k)) @ right.T
+        values = torch.linalg.svdvals(optim.orthogonalized(g))
+        assert values.shape == (k,) and values.min() > 0.6 and values.max() < 1.3, values
+
+
+def test_muon_steps_filters_orthogonally_at_a_fixed_norm_and_the_rest_by_sgd():
+    """Filters: norm sqrt(out channels) after a step, no decay, MUON_FILTER_SCALE of the rate;
+    every other parameter: SGD-Nesterov at MUON_LR_FACTOR of the knob, biases undecayed."""
+    x, y = two_class()
+    recipe = BASE.model_copy(update={"optimizer": "muon"})
+    model, plain = _model(), _model()
+    opt = optim.build(model, recipe)
+    filters = [g for g in opt.param_groups if g["muon"]]
+    rest = [g for g in opt.param_groups if not g["muon"]]
+    assert filters and all(p.ndim == 4 for g in filters for p in g["params"])
+    assert all(p.ndim != 4 for g in rest for p in g["params"])
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {
+        id(p) for p in model.parameters()}
+    assert optim.peak_lr(recipe) == pytest.approx(BASE.lr * optim.MUON_LR_FACTOR)
+    assert all(g["weight_decay"] == 0.0 and g["lr_scale"] == optim.MUON_FILTER_SCALE
+               and g["momentum"] == optim.MUON_MOMENTUM for g in filters)
+    rest = [p for p in plain.parameters() if p.ndim != 4]
+    sgd = torch.optim.SGD([{"params": [p for p in rest if p.ndim > 1]},
+                           {"params": [p for p in rest if p.ndim <= 1], "weight_decay": 0.0}],
+                          lr=optim.peak_lr(recipe), momentum=BASE.momentum, nesterov=True,
+                          weight_decay=BASE.weight_decay)
+    _one_step(model, opt, x, y, None)
+    _one_step(plain, sgd, x, y, None)
+    mine, theirs = dict(model.named_parameters()), dict(plain.named_parameters())
+    for name, p in mine.items():
+        if p.ndim == 4:
+            assert p.norm().item() == pytest.approx(len(p) ** 0.5, rel=0.1), name
+            assert not torch.allclose(p, theirs[name])
+        else:  # the same SGD step as torch's, at Muon's share of the rate
+            assert torch.allclose(p, theirs[name], atol=1e-6), name
+
+
+def test_muon_resumes_from_its_checkpoint_as_if_never_stopped():
+    x, y = two_class(32)  # one batch, the same at every step: only the state can differ
+    recipe = BASE.model_copy(update={"optimizer": "muon"})
+    states = []
+    whole, resumed = _model(), _model()
+    train(whole, BatchLoader(x, y, 32, train=False), recipe, stop_at=time.time() + 60,
+          total_steps=20, save=lambda state: states.append(copy.deepcopy(state)),
+          save_every_s=0.0)
+    final = train(resumed, BatchLoader(x, y, 32, train=False), recipe,
+                  stop_at=time.time() + 60, total_steps=20, resume=states[9])
+    assert final.steps == 20
+    a, b = whole.state_dict(), resumed.state_dict()
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)

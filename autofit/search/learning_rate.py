@@ -109,6 +109,8 @@ def range_test(dataset: Dataset, recipe: Recipe, device: str, threads: int, seed
                stop_at: float) -> tuple[list[float], list[float]]:
     """The rates of a geometric sweep around `recipe.lr` and the training loss at each step
     taken: STEPS at most, fewer where the loss diverged or `stop_at` came."""
+    if recipe.optimizer == "muon":  # its knob is on SGD's scale (optim.MUON_LR_FACTOR), and
+        recipe = recipe.model_copy(update={"optimizer": "sgd"})  # EDGE_TO_PEAK SGD's
     config = probe_config(dataset.shape, recipe, WIDTH, shrink)
     torch.manual_seed(seed)
     model = make_model(config, dataset.shape, *dataset.mean_std, device=device)
