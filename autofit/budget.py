@@ -298,16 +298,15 @@ class Plan(BaseModel):
         """The split and, with a measured `cost`, the compute cap: a model whose refit on
         `n_train` images could not see the images it should in `refit_s` is not tried: with
         `min_epochs` auto, as many as the `frontier` says for that time, else `min_epochs`
-        epochs (and MIN_REFIT_IMAGES images).
+        epochs (and MIN_REFIT_IMAGES images). The test pass runs at `test_rate` (timed), else
+        as guessed from the training price.
 
         With `search_share` auto, the refit gets the time the probe's mid-size model needs
         for `min_epochs` (auto: SPLIT_EPOCHS) epochs, within REFIT_SHARE of the trainable
         time: where an epoch is dear (CIFAR on a CPU) the refit gets most of it, where it is
         cheap (a small dataset, a GPU) the search does. Where even then the first ASHA rung
         would train under `budget.min_rung_epochs`, and the space has a `prior` to fall back
-        on, the search is skipped and all the trainable time goes to the prior. The final
-        test pass runs at `test_rate` images/s where it was timed (the planned model's, in
-        onnxruntime), else at a rate guessed from the probe's training cost."""
+        on, the search is skipped and all the trainable time goes to the prior."""
         left = clock.left()
         eval_rate = test_rate or (test_pass_rate(cost.reference_s, test_passes) if cost
                                   else EVAL_RATE_GUESS)
@@ -391,8 +390,7 @@ def refit_images(budget: Budget, n_train: int,
                  frontier: RefitImages | None) -> RefitImages | None:
     """What the compute cap asks a refit of so many seconds to see: the frontier's images with
     `min_epochs` auto, else `min_epochs` epochs of the `n_train` images (at least
-    MIN_REFIT_IMAGES for the cap); None, no cap: `min_epochs` 0, no data, or auto without a
-    frontier."""
+    MIN_REFIT_IMAGES for the cap); None, no cap: `min_epochs` 0, no data, or no frontier."""
     if budget.min_epochs == 0 or not n_train:
         return None
     if budget.min_epochs is None:

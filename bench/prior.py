@@ -8,12 +8,14 @@ model scored with each set of test-time views.
     python bench/prior.py --only baseline --width 24 32 --epochs 10 16   # a width x epochs grid
     AUTOFIT_PRECISION=fp32 python bench/prior.py --only baseline   # float32 (train/precision.py)
     python bench/prior.py --data ../shared/datasets/fashion-mnist.npz --only baseline  # any data
+    python bench/prior.py --only baseline optimizer=sgd --width 24 --epochs 4 --seeds 2  # Muon
 
 The prior (`first:` of search_spaces/default.yaml, fastnet depth 2) trains on the CIFAR-10
 JPEGs through autofit's own loader and trainer for a fixed number of epochs, so the
 machine's speed drift does not touch the accuracies: as it is (`baseline`) and with one
 knob changed (learning rate, weight decay, airbench's alternating flip, EMA; `whiten=0`: the
-learned 3x3 stem in place of the whitened patches). Each
+learned 3x3 stem in place of the whitened patches; `optimizer=sgd`: SGD-Nesterov for every
+weight, what the prior trained with before Muon). Each
 trained model is then scored on the test folder three ways, by switching its Classifier's
 test-time views: none, flip TTA (2 passes) and flip plus the views shifted a pixel each way
 (6 passes), with the images/s of each, what the final test pass pays for them. Writes
@@ -53,11 +55,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "alternate_flip=true": {"alternate_flip": True},
     "ema=true": {"ema": True},
     "whiten=0": {"whiten": 0},
-    "optimizer=muon": {"optimizer": "muon"},
-    "optimizer=muon,lr=0.8": {"optimizer": "muon", "lr": 0.8},
+    "optimizer=sgd": {"optimizer": "sgd"},
+    "optimizer=sgd,lr=0.8": {"optimizer": "sgd", "lr": 0.8},
     "optimizer=muon,lr=0.2": {"optimizer": "muon", "lr": 0.2},
-    "optimizer=muon,lr=0.1": {"optimizer": "muon", "lr": 0.1},
-    "optimizer=muon,lr=0.05": {"optimizer": "muon", "lr": 0.05},
+    "optimizer=muon,lr=0.8": {"optimizer": "muon", "lr": 0.8},
+    "optimizer=muon,lr=1.6": {"optimizer": "muon", "lr": 1.6},
 }
 VIEWS = {"none": (False, False), "flip": (True, False), "flip+translate": (True, True)}
 

@@ -187,6 +187,9 @@ def test_the_plan_keeps_the_time_its_models_test_pass_takes(monkeypatch: pytest.
     refit. Fault injection: the test pass made 100x slower plans a larger reserve and fewer
     refit images; a test pass that cannot be timed leaves the probe's guess, said."""
     budget = Budget(minutes=1, max_params="2M", min_rung_epochs=1000)  # the prior alone
+    untimed = next(d for d in plan_of(budget=budget).decisions if d.name == "price")
+    assert "test_images_per_s" not in untimed.measured  # 8x8 digits: not worth timing
+    monkeypatch.setattr(phase, "TIMED_OVER", 0.0)
     timed = plan_of(budget=budget)
     price = next(d for d in timed.decisions if d.name == "price")
     rate = price.measured["test_images_per_s"]
