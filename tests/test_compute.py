@@ -118,8 +118,8 @@ def test_a_stall_while_the_probe_times_a_reference_does_not_price_the_machine(mo
     real = probe._stepper
     steps = {"n": 0}
 
-    def stalling(family, arch, shape, device, batch=probe.BATCH):
-        step = real(family, arch, shape, device, batch)
+    def stalling(family, arch, shape, device, batch=probe.BATCH, optimizer="sgd"):
+        step = real(family, arch, shape, device, batch, optimizer)
         if (family, arch) != probe.REFERENCES[-1]:
             return step
 
@@ -355,3 +355,14 @@ def test_the_cheapest_fallback_skips_a_family_whose_floor_is_over_the_parameter_
                             max_image_s=1e-12)
     config = space.sample(np.random.default_rng(0), digits, 25_000, cap=cheap_acts)
     assert config.family == "resnet" and config.params <= 25_000
+
+
+def test_the_check_times_the_planned_models_own_optimizer():
+    """Muon orthogonalizes every filter at every step: a cost per step that SGD's timing
+    leaves out, and at a small batch a large share of an image's price. The check steps the
+    model by the optimizer it will train with."""
+    arch = {"width": 32, "depth": 2}
+    sgd, muon = (probe.seconds_per_image([("fastnet", arch)], CIFAR, "cpu", seconds=0.6,
+                                         rounds=2, batch=8, optimizer=name)[0]
+                 for name in ("sgd", "muon"))
+    assert muon > 1.2 * sgd, (muon, sgd)

@@ -444,8 +444,11 @@ def test_orthogonalized_pushes_singular_values_towards_one_for_wide_and_tall():
         k = min(rows, cols)
         left, right = (torch.linalg.qr(torch.randn(n, k))[0] for n in (rows, cols))
         g = left @ torch.diag(torch.logspace(-1.5, 0, k)) @ right.T
-        values = torch.linalg.svdvals(optim.orthogonalized(g))
-        assert values.shape == (k,) and values.min() > 0.6 and values.max() < 1.3, values
+        for dtype in (torch.float32, torch.bfloat16):
+            out = optim.orthogonalized(g, dtype=dtype)
+            values = torch.linalg.svdvals(out)
+            assert out.dtype == g.dtype and values.shape == (k,)
+            assert values.min() > 0.6 and values.max() < 1.3, (dtype, values)
 
 
 def test_muon_steps_filters_orthogonally_at_a_fixed_norm_and_the_rest_by_sgd():

@@ -145,11 +145,12 @@ def priced_plan(ctx: RunContext, dataset: Dataset,
                 space: SearchSpace) -> tuple[Cost, Plan, list[Decision]]:
     """This machine's price of a training image, the plan it makes and the `price` decision:
     the run's training loader is timed on its own images (probe.data_seconds: its time is
-    added to every model's), then the model the plan would train first (the prior at its
-    batch) is timed alone, and where the probe's price misses it by over CHECK_TOLERANCE every
-    model's price is scaled to match and the plan made again (train/probe.py, `checked`). On
-    a cluster the price is for the CPUs a trial and the refit get there (a 2-core driver
-    pricing for 1-CPU nodes sized a 3-minute refit 3.9x too large)."""
+    added to every model's), the test pass of the model the plan would train first
+    (`_test_rate`), then that model (the prior at its batch) is timed alone, and where the
+    probe's price misses it by over CHECK_TOLERANCE every model's price is scaled to match
+    and the plan made again (train/probe.py, `checked`). On a cluster the price is for the
+    CPUs a trial and the refit get there (a 2-core driver pricing for 1-CPU nodes sized a
+    3-minute refit 3.9x too large)."""
     shape = dataset.shape
     threads = ctx.threads if ctx.cluster is None else ctx.cluster.trial_cpus
     cost = probe.cost(shape, ctx.device, threads)
@@ -158,6 +159,10 @@ def priced_plan(ctx: RunContext, dataset: Dataset,
                                 threads)
     cost = cost.model_copy(update={"data_s": data_s})
     plan = new_plan(ctx, dataset, cost, space, prior=space.first is not None)
+    tested = _test_rate(ctx, space, plan, shape, len(dataset.y_test))  # before the check:
+    rate = None if tested is None else tested[0]  # a smaller plan may take a smaller batch
+    if rate is not None:
+        plan = new_plan(ctx, dataset, cost, space, prior=space.first is not None, test_rate=rate)
     timed: list[str] = []
     named: set[str] = set()
     measured: dict[str, float] = {}
@@ -172,7 +177,8 @@ def priced_plan(ctx: RunContext, dataset: Dataset,
             timed[-1] += ", and the plan made again names it again"
             break
         named.add(name)
-        scaled, seconds = probe.checked(cost, model.family, model.arch, shape, ctx.device, batch)
+        scaled, seconds = probe.checked(cost, model.family, model.arch, shape, ctx.device, batch,
+                                        model.recipe.optimizer)
         ratio = scaled.scale / cost.scale  # measured over priced
         priced = seconds / ratio
         close = abs(math.log(ratio)) <= math.log1p(CHECK_TOLERANCE)
@@ -185,15 +191,12 @@ def priced_plan(ctx: RunContext, dataset: Dataset,
         if close or last:
             break
         cost = scaled
-        plan = new_plan(ctx, dataset, cost, space, prior=space.first is not None)
+        plan = new_plan(ctx, dataset, cost, space, prior=space.first is not None, test_rate=rate)
     loader = (f"the training loader ({dataset.data_path}) takes {data_s * 1e3:.3g} ms per "
               "image, added to every model's price")
     measured["data_ms"] = data_s * 1e3
-    tested = _test_rate(ctx, space, plan, shape, len(dataset.y_test))
-    if tested is not None:
-        measured["test_images_per_s"] = tested[0]
-        plan = new_plan(ctx, dataset, cost, space, prior=space.first is not None,
-                        test_rate=tested[0])
+    if rate is not None:
+        measured["test_images_per_s"] = rate
     decision = Decision(name="price", pinned={}, measured=measured, evidence=loader + (
         "" if not timed else "; priced by timing the planned model alone: " +
         "; then ".join(timed) + f"; every model's price is scaled by {cost.scale:.2f}") +

