@@ -36,8 +36,8 @@ BETA2 = 0.999
 # Muon (`Muon`): the norms, biases and head take SGD-Nesterov at MUON_LR_FACTOR of the lr knob,
 # the conv filters orthogonalized steps at MUON_FILTER_SCALE of that, with momentum
 # MUON_MOMENTUM (airbench94_muon's 0.6) and no decay (their norm is held instead). At knob 0.4
-# that is 0.2 and 0.12: the best of knobs 0.1/0.2/0.4/0.8 for the prior at width 24, 4 epochs
-# (bench/prior.py; bench/README.md, "Muon for the prior").
+# that is 0.2 and 0.12: the best of knobs 0.2/0.4/0.8/1.6 for the prior at width 24, 4 epochs
+# (bench/prior.py; bench/README.md, "Muon for the prior, and the test pass in the plan").
 MUON_LR_FACTOR, MUON_FILTER_SCALE, MUON_MOMENTUM = 0.5, 0.6, 0.6
 NS_STEPS = 3  # Newton-Schulz iterations (airbench94_muon's)
 WARMUP = 0.1  # share of the run spent warming the learning rate up, for both schedules
