@@ -64,8 +64,12 @@ class TrialConfig(BaseModel):
     macs: int | None = None  # multiply-accumulates per image, forward (None in older runs)
     weights: str | None = None  # the pretrained family: the file its backbone starts from
 
+    @property
+    def model_name(self) -> str:
+        """The family and its architecture knobs: "fastnet width=48 depth=2 whiten=2"."""
+        return f"{self.family} {' '.join(f'{k}={v}' for k, v in self.arch.items())}"
+
     def describe(self) -> str:
-        arch = " ".join(f"{k}={v}" for k, v in self.arch.items())
         r = self.recipe
         extras = "".join(f" {name}" for name, on in (
             ("alternate_flip", r.alternate_flip and r.hflip), ("ema", r.ema),
@@ -75,7 +79,7 @@ class TrialConfig(BaseModel):
         if self.weights is not None:
             extras += f" from {Path(self.weights).name}"
         macs = "" if self.macs is None else f", {self.macs / 1e6:.1f}M MACs"
-        return (f"{self.family} {arch} ({self.params / 1e6:.3f}M params{macs}) {r.optimizer} "
+        return (f"{self.model_name} ({self.params / 1e6:.3f}M params{macs}) {r.optimizer} "
                 f"{r.schedule} bs={r.batch_size} lr={r.lr:.3g} wd={r.weight_decay:.2g} "
                 f"ls={r.label_smoothing} hflip={r.hflip} cutout={r.cutout} "
                 f"dropout={r.dropout}{extras}")

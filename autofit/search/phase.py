@@ -172,7 +172,7 @@ def priced_plan(ctx: RunContext, dataset: Dataset,
             break
         model, _ = steps.fit_batch(model, plan, shape)
         batch = model.recipe.batch_size
-        name = f"{_named(model)} at batch {batch}"
+        name = f"{model.model_name} at batch {batch}"
         if name in named:
             timed[-1] += ", and the plan made again names it again"
             break
@@ -230,13 +230,9 @@ def _test_rate(ctx: RunContext, space: SearchSpace, plan: Plan, shape: DataShape
         ctx.log.warning("plan: the test pass of %s could not be timed (%s); its time is "
                         "guessed from the training price", model.describe(), one_line(err))
         return None
-    return rate, (f"the test pass of {_named(model)} timed at {rate:.0f} images/s in "
+    return rate, (f"the test pass of {model.model_name} timed at {rate:.0f} images/s in "
                   f"onnxruntime ({model.recipe.test_passes} views), and the plan made again "
                   "with it")
-
-
-def _named(model: TrialConfig) -> str:
-    return f"{model.family} {' '.join(f'{k}={v}' for k, v in model.arch.items())}"
 
 
 def _plan(ctx: RunContext, dataset: Dataset, cost: Cost | None, space: SearchSpace) -> Plan:
