@@ -3,6 +3,7 @@
     AUTOFIT_PRECISION=fp32 python bench/batch_steps.py --data ../shared/datasets/clothing-photos \\
         --seconds 120 --batches 256 64 32 --out bench/results/batch-clothing-120s.json
 
+`--optimizer muon` trains the prior's Muon instead of SGD (the batch rule was measured on SGD).
 `--sides 128 64` first scales the data down to those longest sides (search/steps.py takes
 the batch rule from these runs; data/resolution.py the training side).
 
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=40.0)
     parser.add_argument("--batches", type=int, nargs="+", default=[256, 128, 64])
     parser.add_argument("--width", type=int, default=20)
+    parser.add_argument("--optimizer", default="sgd", choices=["sgd", "muon"])
     parser.add_argument("--sides", type=int, nargs="+", default=[0],
                         help="longest sides to scale the data down to (0: as loaded)")
     parser.add_argument("--out", type=Path, required=True)
@@ -52,7 +54,8 @@ def main() -> None:
     rows = []
     for side, batch in ((s, b) for s in args.sides for b in args.batches):
         data = loaded.at_side(side, "the bench's --sides") if side else loaded
-        recipe = Recipe(**{**PRIOR, "batch_size": batch, "lr": PRIOR["lr"] * batch / 256})
+        recipe = Recipe(**{**PRIOR, "batch_size": batch, "lr": PRIOR["lr"] * batch / 256,
+                           "optimizer": args.optimizer})
         arch = {"width": args.width, "depth": 2, "whiten": 2}
         config = TrialConfig(family="fastnet", arch=arch, recipe=recipe,
                              params=models.count_for("fastnet", arch, data.shape))
@@ -73,7 +76,8 @@ def main() -> None:
         rows.append(row)
     args.out.write_text(json.dumps({
         "bench": "batch_steps", "data": args.data, "seconds": args.seconds, "width": args.width,
-        "train_images": len(data.y_train), "val_images": len(data.y_val),
+        "optimizer": args.optimizer, "train_images": len(data.y_train),
+        "val_images": len(data.y_val),
         "precision": precision.choose("cpu").name, "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}, indent=1))
 

@@ -28,18 +28,21 @@ def _prior():
     return config
 
 
+TARGET = steps.target_steps(_prior().recipe.optimizer)
+
+
 def test_a_refit_with_enough_images_keeps_the_prior_batch():
     prior = _prior()
-    images = 256 * steps.TARGET_STEPS
+    images = 256 * TARGET
     kept, decision = steps.batch_for(prior, images)
     assert kept == prior and decision.pinned == {} and decision.name == "batch"
-    assert decision.measured["steps"] == steps.TARGET_STEPS
+    assert decision.measured["steps"] == TARGET
     assert "batch 256 kept" in decision.evidence
 
 
-@pytest.mark.parametrize(("images", "batch"), [(256 * steps.TARGET_STEPS - 1, 128),
-                                                (128 * steps.TARGET_STEPS - 1, 64),
-                                                (40 * steps.TARGET_STEPS, 64)])
+@pytest.mark.parametrize(("images", "batch"), [(256 * TARGET - 1, 128),
+                                                (128 * TARGET - 1, 64),
+                                                (40 * TARGET, 64)])
 def test_fewer_images_halve_the_batch_and_scale_the_learning_rate(images: float, batch: int):
     prior = _prior()
     scaled, decision = steps.batch_for(prior, images)
@@ -49,14 +52,14 @@ def test_fewer_images_halve_the_batch_and_scale_the_learning_rate(images: float,
     assert scaled.arch == prior.arch and scaled.params == prior.params
     assert scaled.recipe.model_copy(update={"batch_size": 256, "lr": prior.recipe.lr}) == \
         prior.recipe  # nothing else changed
-    assert images / batch >= steps.TARGET_STEPS or batch == steps.MIN_BATCH
+    assert images / batch >= TARGET or batch == steps.MIN_BATCH
     assert f"batch {batch}, learning rate" in decision.evidence
 
 
 def test_the_batch_stops_at_the_floor():
     scaled, decision = steps.batch_for(_prior(), 1000.0)
     assert scaled.recipe.batch_size == steps.MIN_BATCH
-    assert decision.measured["steps"] < steps.TARGET_STEPS
+    assert decision.measured["steps"] < TARGET
 
 
 def test_every_trial_of_a_search_takes_the_batch_its_refit_would_call_for(tmp_path):
@@ -93,3 +96,15 @@ def test_a_fine_tuned_network_and_an_unpriced_plan_keep_their_batch():
     assert tuned is not None
     priced = Plan.make(budget, Clock(budget.seconds), 300, n_train=3_400, cost=COST)
     assert steps.fit_batch(tuned, priced, DataShape(3, 64, 64, 10)) == (tuned, None)
+
+
+def test_muon_keeps_a_larger_batch_than_sgd_for_the_same_images():
+    """Muon's steps have a set size however noisy the gradient, so it takes fewer, larger
+    batches: images that give 2,500 steps at 256 keep Muon's batch and halve SGD's."""
+    muon = _prior()
+    assert muon.recipe.optimizer == "muon"
+    sgd = muon.model_copy(update={"recipe": muon.recipe.model_copy(update={"optimizer": "sgd"})})
+    images = 256 * 2500.0
+    assert steps.batch_for(muon, images)[0].recipe.batch_size == 256
+    halved, decision = steps.batch_for(sgd, images)
+    assert halved.recipe.batch_size == 128 and "at least 3,000 for sgd" in decision.evidence

@@ -21,6 +21,11 @@ TARGET_STEPS steps, not under MIN_BATCH, and scales the learning rate with it (G
 lands in the width it picks. Every trial of a search takes the same cap, from the images its
 refit would see: at 5 minutes on the clothing photos the search's first trial, the prior at
 batch 256, reached 0.36 validation accuracy in its 65 s, and the run 50.00%.
+
+Muon, whose filter steps have the same size however noisy the gradient, wants fewer, larger
+batches: on CIFAR-10 in bf16 on a 2-core Xeon with AMX, width 40 for 300 s, batch 512 (684
+steps) 0.870, 256 (2,078 steps) 0.889, 128 (3,684 steps) 0.885, at 0.86, 0.56 and 0.64 ms
+per image (bench/results/batch-muon-cifar-300s.json). So Muon's target is MUON_TARGET_STEPS.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from autofit.search import frontier
 from autofit.search.space import SearchSpace
 
 TARGET_STEPS = 3000  # the steps a refit should take at least: 2,000-3,700 beat 900-1,400
+MUON_TARGET_STEPS = 2000  # 256 at 2,078 steps beat 128 at 3,684; 512 at 684 lost
 MIN_BATCH = 64  # 32 lost to 64 at 120 s on the clothing photos (0.81 against 0.85)
 
 
@@ -43,30 +49,36 @@ def at_batch(recipe: Recipe, batch: int) -> Recipe:
                                      "lr": recipe.lr * batch / recipe.batch_size})
 
 
+def target_steps(optimizer: str) -> int:
+    """The steps a refit should take at least with `optimizer`."""
+    return MUON_TARGET_STEPS if optimizer == "muon" else TARGET_STEPS
+
+
 def batch_for(config: TrialConfig, images: float) -> tuple[TrialConfig, Decision]:
     """`config` at the largest batch (the prior's halved, down to MIN_BATCH) whose `images`
-    make TARGET_STEPS steps, its learning rate scaled by the same factor; and the decision,
-    with its evidence in one line."""
+    make its optimizer's `target_steps`, its learning rate scaled by the same factor; and the
+    decision, with its evidence in one line."""
     recipe = config.recipe
-    batch = recipe.batch_size
-    while batch > MIN_BATCH and images / batch < TARGET_STEPS:
+    batch, target = recipe.batch_size, target_steps(recipe.optimizer)
+    while batch > MIN_BATCH and images / batch < target:
         batch //= 2
     scaled = at_batch(recipe, batch)
     steps = images / max(recipe.batch_size, 1)
     measured = {"images": round(images, 1), "prior_batch": float(recipe.batch_size),
                 "prior_lr": recipe.lr, "prior_steps": round(steps, 1),
-                "steps": round(images / batch, 1), "target_steps": float(TARGET_STEPS)}
+                "steps": round(images / batch, 1), "target_steps": float(target)}
     if batch == recipe.batch_size:
         return config, Decision(name="batch", pinned={}, measured=measured, evidence=(
             f"batch {batch} kept: the refit's ~{images:,.0f} planned images make "
-            f"{steps:,.0f} steps (at least {TARGET_STEPS:,})"))
+            f"{steps:,.0f} steps (at least {target:,} for {recipe.optimizer})"))
     lr = scaled.lr
     return config.model_copy(update={"recipe": scaled}), Decision(
         name="batch", pinned={"batch_size": batch, "lr": lr}, measured=measured, evidence=(
         f"batch {batch}, learning rate {lr:.3g} (the prior's {recipe.batch_size} and "
         f"{recipe.lr:.3g}, scaled): the refit's ~{images:,.0f} planned images make "
         f"{steps:,.0f} steps at {recipe.batch_size}, {images / batch:,.0f} at {batch} "
-        f"(at least {TARGET_STEPS:,} where the batch allows, down to {MIN_BATCH})"))
+        f"(at least {target:,} for {recipe.optimizer} where the batch allows, down to "
+        f"{MIN_BATCH})"))
 
 
 def fit_batch(config: TrialConfig, plan: Plan,
