@@ -238,6 +238,36 @@ def test_an_untrained_models_test_pass_is_timed_in_onnxruntime(tmp_path):
     assert not list(tmp_path.iterdir())  # the timing model is not left in the run directory
 
 
+def test_an_untrained_model_is_timed_once_a_run(tmp_path, monkeypatch):
+    """The plan times the prior's test pass; the refit's reserves then ask again for the same
+    model and views, and get that timing without a second export (2-4 s at width 56)."""
+    from autofit.deliver import evaluate
+
+    exports = []
+    real = evaluate.export_onnx
+    monkeypatch.setattr(evaluate, "export_onnx", lambda *a: exports.append(a) or real(*a))
+    rng = np.random.default_rng(0)
+    data = SimpleNamespace(shape=CIFAR, mean_std=([0.5] * 3, [0.25] * 3),
+                           x_val=rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8))
+
+    def config(width, **recipe):
+        arch = {"width": width, "depth": 2}
+        return TrialConfig(family="fastnet", arch=arch,
+                           params=models.count_for("fastnet", arch, CIFAR),
+                           recipe=Recipe(**{"batch_size": 256, "lr": 0.2, "weight_decay": 5e-4,
+                                            **recipe}))
+
+    first = evaluate.untrained_speed(config(8, tta=True), data, tmp_path, 1)
+    assert evaluate.untrained_speed(config(8, tta=True, lr=0.1), data, tmp_path, 1) == first
+    assert len(exports) == 1
+    evaluate.untrained_speed(config(12, tta=True), data, tmp_path, 1)  # another model
+    evaluate.untrained_speed(config(8, tta=True, tta_translate=True), data, tmp_path, 1)
+    other_run = tmp_path / "other"
+    other_run.mkdir()
+    evaluate.untrained_speed(config(8, tta=True), data, other_run, 1)  # another run
+    assert len(exports) == 4
+
+
 def test_where_the_model_cannot_be_timed_its_test_pass_is_priced_by_its_views(tmp_path,
                                                                            monkeypatch):
     """Where the untrained model cannot be exported or timed (a full disk), the reserve comes

@@ -84,13 +84,21 @@ def test_pass_speed(run_dir: Path, best: TrialRecord, dataset: Dataset, threads:
                           config.recipe.test_passes)
 
 
+_UNTRAINED: dict[tuple[str, str, int, str, int], float] = {}  # run, model, views, shape, threads
+
+
 def untrained_speed(config: TrialConfig, dataset: Dataset, run_dir: Path, threads: int) -> float:
     """onnxruntime's speed on `config`'s model with its initial weights (the speed does not
     depend on them): the probe prices training, which may run in bf16 while the test pass runs
     in float32. From the bf16 price, a 10-minute run's reserve assumed 450 images/s for a
-    test pass of fastnet width 64 that ran at 186 and ended the run 18 s late."""
-    model = make_model(config, dataset.shape, *dataset.mean_std)
-    with tempfile.TemporaryDirectory(prefix=".timing-", dir=run_dir) as tmp:
-        path = Path(tmp) / "untrained.onnx"
-        export_onnx(model, path, dataset.x_val, {}, threads)
-        return onnx_rate(path, dataset.x_val, threads)
+    test pass of fastnet width 64 that ran at 186 and ended the run 18 s late. Timed once a
+    run per model: the plan's timing serves the refit's reserves (2-4 s each at width 56)."""
+    key = (str(run_dir), config.model_name, config.recipe.test_passes, repr(dataset.shape),
+           threads)
+    if key not in _UNTRAINED:
+        model = make_model(config, dataset.shape, *dataset.mean_std)
+        with tempfile.TemporaryDirectory(prefix=".timing-", dir=run_dir) as tmp:
+            path = Path(tmp) / "untrained.onnx"
+            export_onnx(model, path, dataset.x_val, {}, threads)
+            _UNTRAINED[key] = onnx_rate(path, dataset.x_val, threads)
+    return _UNTRAINED[key]
