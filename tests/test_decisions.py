@@ -134,6 +134,6 @@ def test_a_run_trains_without_mirrors_where_the_data_says_so(arrows: Path, tmp_p
         work = models.count_work(row["family"], {k: int(v) for k, v in arch.items()},
                                  DataShape(3, SIDE, SIDE, 3))
         images, batch = summary.plan.images_for(work), int(row["batch_size"])
-        target = steps.target_steps(row["optimizer"])
+        fewest = steps.fewest_steps(row["optimizer"])
         assert images is not None and (batch <= steps.MIN_BATCH
-                                       or images / batch >= target), row
+                                       or images / batch >= fewest), row
