@@ -92,10 +92,13 @@ def untrained_speed(config: TrialConfig, dataset: Dataset, run_dir: Path, thread
     depend on them): the probe prices training, which may run in bf16 while the test pass runs
     in float32. From the bf16 price, a 10-minute run's reserve assumed 450 images/s for a
     test pass of fastnet width 64 that ran at 186 and ended the run 18 s late. Timed once a
-    run per model: the plan's timing serves the refit's reserves (2-4 s each at width 56)."""
+    run per model: the plan's timing serves the refit's reserves (2-4 s each at width 56). The
+    cache holds one run's timings: a service's worker process runs one run after another."""
     key = (str(run_dir), config.model_name, config.recipe.test_passes, repr(dataset.shape),
            threads)
     if key not in _UNTRAINED:
+        if any(other[0] != key[0] for other in _UNTRAINED):
+            _UNTRAINED.clear()
         model = make_model(config, dataset.shape, *dataset.mean_std)
         with tempfile.TemporaryDirectory(prefix=".timing-", dir=run_dir) as tmp:
             path = Path(tmp) / "untrained.onnx"
