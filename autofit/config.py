@@ -29,6 +29,9 @@ class Recipe(BaseModel):
     hflip: bool = True
     alternate_flip: bool = False  # with hflip: each image mirrored every other epoch (airbench)
     cutout: float = Field(default=0.0, ge=0.0, le=1.0)
+    # The random crop's largest shift, a share of the shorter side: 0.125 is the usual 4 px at
+    # 32 (autofit/data/batches.py, crop_pad)
+    crop_shift: float = Field(default=0.125, ge=0.0, le=0.5)
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)  # SGD momentum, Adam's beta1
     optimizer: Literal["sgd", "adam", "adamw", "nadam", "sam", "muon"] = "sgd"
     schedule: Literal["onecycle", "cosine"] = "onecycle"
@@ -81,7 +84,7 @@ class TrialConfig(BaseModel):
         macs = "" if self.macs is None else f", {self.macs / 1e6:.1f}M MACs"
         return (f"{self.model_name} ({self.params / 1e6:.3f}M params{macs}) {r.optimizer} "
                 f"{r.schedule} bs={r.batch_size} lr={r.lr:.3g} wd={r.weight_decay:.2g} "
-                f"ls={r.label_smoothing} hflip={r.hflip} cutout={r.cutout} "
+                f"ls={r.label_smoothing} hflip={r.hflip} shift={r.crop_shift:g} cutout={r.cutout} "
                 f"dropout={r.dropout}{extras}")
 
 

@@ -9,16 +9,17 @@ model scored with each set of test-time views.
     AUTOFIT_PRECISION=fp32 python bench/prior.py --only baseline   # float32 (train/precision.py)
     python bench/prior.py --data ../shared/datasets/fashion-mnist.npz --only baseline  # any data
     python bench/prior.py --only baseline optimizer=sgd --width 24 --epochs 4 --seeds 2  # Muon
+    python bench/prior.py --only baseline crop_shift=0.125 --width 32 --epochs 8  # 2 or 4 px
 
 The prior (`first:` of search_spaces/default.yaml, fastnet depth 2) trains on the CIFAR-10
 JPEGs through autofit's own loader and trainer for a fixed number of epochs, so the
 machine's speed drift does not touch the accuracies: as it is (`baseline`) and with one
-knob changed (learning rate, weight decay, airbench's alternating flip, EMA; `whiten=0`: the
-learned 3x3 stem in place of the whitened patches; `optimizer=sgd`: SGD-Nesterov for every
-weight, what the prior trained with before Muon). Each
-trained model is then scored on the test folder three ways, by switching its Classifier's
-test-time views: none, flip TTA (2 passes) and flip plus the views shifted a pixel each way
-(6 passes), with the images/s of each, what the final test pass pays for them. Writes
+knob changed (learning rate, weight decay, airbench's alternating flip, EMA, the crop's
+shift; `whiten=0`: the learned 3x3 stem in place of the whitened patches; `optimizer=sgd`:
+SGD-Nesterov for every weight, what the prior trained with before Muon). Each trained model
+is then scored on the test folder three ways, by switching its Classifier's test-time views:
+none, flip TTA (2 passes) and flip plus the views shifted a pixel each way (6 passes), with
+the images/s of each, what the final test pass pays for them. Writes
 bench/results/prior.json and prints a table.
 """
 
@@ -55,6 +56,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "alternate_flip=true": {"alternate_flip": True},
     "ema=true": {"ema": True},
     "whiten=0": {"whiten": 0},
+    "crop_shift=0.125": {"crop_shift": 0.125},
     "optimizer=sgd": {"optimizer": "sgd"},
     "optimizer=sgd,lr=0.8": {"optimizer": "sgd", "lr": 0.8},
     "optimizer=muon,lr=0.2": {"optimizer": "muon", "lr": 0.2},

@@ -218,6 +218,24 @@ def test_crops_match_the_dali_loader_semantics():
     assert len(dali) > 10 and len(ours) > 10  # offsets spread over the same range
 
 
+@pytest.mark.parametrize("dali", [False, True], ids=["torch", "dali"])
+def test_the_crop_shift_share_bounds_the_offsets(dali):
+    """A recipe's `crop_shift` (a share of the side) sets how far both loaders shift."""
+    if dali:
+        pytest.importorskip("nvidia.dali")
+        from autofit.data.pipeline import BatchLoader as make
+    else:
+        make = TorchBatchLoader
+    x, _ = _images(48, size=16)
+    x = np.maximum(x, 1)
+    for share, pad in ((0.0625, 1), (0.25, 4)):  # 1 and 4 pixels at 16
+        loader = make(x, np.arange(48), 48, train=True, hflip=False, crop_shift=share)
+        offsets = _offsets(loader, x, pad)
+        assert max(max(abs(dy), abs(dx)) for dy, dx in offsets) == pad
+    still = make(x, np.arange(48), 48, train=True, hflip=False, crop_shift=0.0)
+    assert _offsets(still, x, 0) == {(0, 0)}
+
+
 def _mirrored(loader, x, pad):
     """One epoch: for each image, whether the view of it the loader gave is mirrored."""
     views = {}

@@ -14,9 +14,10 @@ import numpy as np
 import torch
 
 
-def crop_pad(height: int, width: int) -> int:
-    """How far a random crop may shift: 4 pixels at 32x32, scaled with the image."""
-    return max(1, round(min(height, width) / 8))
+def crop_pad(height: int, width: int, share: float = 0.125) -> int:
+    """How far a random crop may shift: `share` of the shorter side (4 pixels at 32x32 for the
+    usual 0.125), at least a pixel unless the share is 0."""
+    return max(1, round(min(height, width) * share)) if share > 0 else 0
 
 
 def cutout_side(cutout: float, height: int, width: int) -> int:
@@ -35,7 +36,8 @@ class Batches:
 
     def __init__(self, images: Any, labels: np.ndarray, batch_size: int, *, train: bool,
                  hflip: bool = True, alternate_flip: bool = False, cutout: float = 0.0,
-                 seed: int = 0, threads: int = 1, device: str = "cpu", **extra: Any) -> None:
+                 crop_shift: float = 0.125, seed: int = 0, threads: int = 1,
+                 device: str = "cpu", **extra: Any) -> None:
         if len(images) != len(labels):
             raise ValueError("images and labels differ in length")
         self.images = images
@@ -45,10 +47,12 @@ class Batches:
         self.hflip = hflip
         self.device = torch.device(device)
         height, width = images.shape[1:3]
-        self.pad, self.cut = crop_pad(height, width), cutout_side(cutout, height, width)
+        self.pad = crop_pad(height, width, crop_shift)
+        self.cut = cutout_side(cutout, height, width)
         self._options: dict[str, Any] = {"hflip": hflip, "alternate_flip": alternate_flip,
-                                         "cutout": cutout, "seed": seed, "threads": threads,
-                                         "device": device, **extra}
+                                         "cutout": cutout, "crop_shift": crop_shift,
+                                         "seed": seed, "threads": threads, "device": device,
+                                         **extra}
         self._rng = np.random.default_rng(seed)
         self._first = self._rng.random(len(images)) < 0.5 \
             if train and hflip and alternate_flip else None

@@ -106,11 +106,12 @@ def decode(path: DataPath, files: Sequence[str], height: int, width: int, channe
 
 def loader(path: str, images: np.ndarray, labels: np.ndarray, batch_size: int, *,
            train: bool, hflip: bool = True, alternate_flip: bool = False, cutout: float = 0.0,
-           seed: int = 0, threads: int = 1, device: str = "cpu") -> Loader:
+           crop_shift: float = 0.125, seed: int = 0, threads: int = 1,
+           device: str = "cpu") -> Loader:
     """Batches of `images` on `device` through the run's data path."""
     options: dict[str, Any] = {"train": train, "hflip": hflip, "alternate_flip": alternate_flip,
-                               "cutout": cutout, "seed": seed, "threads": threads,
-                               "device": device}
+                               "cutout": cutout, "crop_shift": crop_shift, "seed": seed,
+                               "threads": threads, "device": device}
     if path == TORCH:
         return torch_data.TorchBatchLoader(images, labels, batch_size, **options)
     return BatchLoader(images, labels, batch_size, **options, gpu=path == DALI_GPU)
@@ -120,8 +121,8 @@ def training_loader(path: str, images: np.ndarray, labels: np.ndarray, recipe: R
                     seed: int, threads: int, device: str) -> Loader:
     """A training loader with the recipe's batch size and augmentation."""
     return loader(path, images, labels, recipe.batch_size, train=True, hflip=recipe.hflip,
-                  alternate_flip=recipe.alternate_flip, cutout=recipe.cutout, seed=seed,
-                  threads=threads, device=device)
+                  alternate_flip=recipe.alternate_flip, cutout=recipe.cutout,
+                  crop_shift=recipe.crop_shift, seed=seed, threads=threads, device=device)
 
 
 class BatchLoader(Batches):
@@ -133,13 +134,13 @@ class BatchLoader(Batches):
 
     def __init__(self, images: np.ndarray | torch.Tensor, labels: np.ndarray, batch_size: int,
                  *, train: bool, hflip: bool = True, alternate_flip: bool = False,
-                 cutout: float = 0.0, seed: int = 0, threads: int = 1, device: str = "cpu",
-                 gpu: bool = False) -> None:
+                 cutout: float = 0.0, crop_shift: float = 0.125, seed: int = 0,
+                 threads: int = 1, device: str = "cpu", gpu: bool = False) -> None:
         if gpu:  # the device-resident cache: one upload per loader, none per batch
             images = torch.as_tensor(images).to(device)
         super().__init__(images, labels, batch_size, train=train, hflip=hflip,
-                         alternate_flip=alternate_flip, cutout=cutout, seed=seed,
-                         threads=threads, device=device, gpu=gpu)
+                         alternate_flip=alternate_flip, cutout=cutout, crop_shift=crop_shift,
+                         seed=seed, threads=threads, device=device, gpu=gpu)
         self.gpu = gpu
         self._pipe = self._build(seed, threads)
 

@@ -61,11 +61,11 @@ class TorchBatchLoader(Batches):
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, *,
                  train: bool, hflip: bool = True, alternate_flip: bool = False,
-                 cutout: float = 0.0, seed: int = 0, threads: int = 1,
-                 device: str = "cpu") -> None:
+                 cutout: float = 0.0, crop_shift: float = 0.125, seed: int = 0,
+                 threads: int = 1, device: str = "cpu") -> None:
         super().__init__(images, labels, batch_size, train=train, hflip=hflip,
-                         alternate_flip=alternate_flip, cutout=cutout, seed=seed,
-                         threads=threads, device=device)
+                         alternate_flip=alternate_flip, cutout=cutout, crop_shift=crop_shift,
+                         seed=seed, threads=threads, device=device)
         self._gen = torch.Generator().manual_seed(seed)
 
     def _augment(self, x: torch.Tensor, flip: np.ndarray) -> torch.Tensor:

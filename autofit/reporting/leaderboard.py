@@ -10,8 +10,9 @@ from autofit.records import TrialRecord
 
 LEADERBOARD_FIELDS = ["trial", "family", "arch", "params", "optimizer", "schedule", "batch_size",
                       "lr", "weight_decay", "label_smoothing", "dropout", "hflip",
-                      "alternate_flip", "cutout", "ema", "tta", "tta_translate", "epochs",
-                      "train_seconds", "images_per_s", "val_accuracy", "status", "node", "error"]
+                      "alternate_flip", "crop_shift", "cutout", "ema", "tta", "tta_translate",
+                      "epochs", "train_seconds", "images_per_s", "val_accuracy", "status",
+                      "node", "error"]
 
 
 def write_leaderboard(path: Path, records: list[TrialRecord]) -> None:
