@@ -218,14 +218,18 @@ def test_crops_match_the_dali_loader_semantics():
     assert len(dali) > 10 and len(ours) > 10  # offsets spread over the same range
 
 
-@pytest.mark.parametrize("dali", [False, True], ids=["torch", "dali"])
-def test_the_crop_shift_share_bounds_the_offsets(dali):
+@pytest.fixture(params=["torch", "dali"])
+def make(request):
+    """Each data path's training loader class (DALI's where it imports)."""
+    if request.param == "torch":
+        return TorchBatchLoader
+    pytest.importorskip("nvidia.dali")
+    from autofit.data.pipeline import BatchLoader
+    return BatchLoader
+
+
+def test_the_crop_shift_share_bounds_the_offsets(make):
     """A recipe's `crop_shift` (a share of the side) sets how far both loaders shift."""
-    if dali:
-        pytest.importorskip("nvidia.dali")
-        from autofit.data.pipeline import BatchLoader as make
-    else:
-        make = TorchBatchLoader
     x, _ = _images(48, size=16)
     x = np.maximum(x, 1)
     for share, pad in ((0.0625, 1), (0.25, 4)):  # 1 and 4 pixels at 16
@@ -247,13 +251,7 @@ def _mirrored(loader, x, pad):
     return views
 
 
-@pytest.mark.parametrize("dali", [False, True], ids=["torch", "dali"])
-def test_alternate_flip_mirrors_each_image_in_every_other_epoch(dali):
-    if dali:
-        pytest.importorskip("nvidia.dali")
-        from autofit.data.pipeline import BatchLoader as make
-    else:
-        make = TorchBatchLoader
+def test_alternate_flip_mirrors_each_image_in_every_other_epoch(make):
     x, _ = _images(64, size=12)
     x = np.maximum(x, 1)  # no pixel looks like the zero padding
 
