@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from autofit.budget import Budget
 
+# The random crop's largest shift by default, a share of the shorter side: the usual 4 px at 32
+CROP_SHIFT = 0.125
+
 
 class Recipe(BaseModel):
     """Training settings of one trial (what `training:` in a space file samples).
@@ -29,9 +32,7 @@ class Recipe(BaseModel):
     hflip: bool = True
     alternate_flip: bool = False  # with hflip: each image mirrored every other epoch (airbench)
     cutout: float = Field(default=0.0, ge=0.0, le=1.0)
-    # The random crop's largest shift, a share of the shorter side: 0.125 is the usual 4 px at
-    # 32 (autofit/data/batches.py, crop_pad)
-    crop_shift: float = Field(default=0.125, ge=0.0, le=0.5)
+    crop_shift: float = Field(default=CROP_SHIFT, ge=0.0, le=0.5)  # data/batches.py, crop_pad
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)  # SGD momentum, Adam's beta1
     optimizer: Literal["sgd", "adam", "adamw", "nadam", "sam", "muon"] = "sgd"
     schedule: Literal["onecycle", "cosine"] = "onecycle"

@@ -13,10 +13,12 @@ from typing import Any, Self
 import numpy as np
 import torch
 
+from autofit.config import CROP_SHIFT
 
-def crop_pad(height: int, width: int, share: float = 0.125) -> int:
+
+def crop_pad(height: int, width: int, share: float = CROP_SHIFT) -> int:
     """How far a random crop may shift: `share` of the shorter side (4 pixels at 32x32 for the
-    usual 0.125), at least a pixel unless the share is 0."""
+    usual CROP_SHIFT), at least a pixel unless the share is 0."""
     return max(1, round(min(height, width) * share)) if share > 0 else 0
 
 
@@ -36,7 +38,7 @@ class Batches:
 
     def __init__(self, images: Any, labels: np.ndarray, batch_size: int, *, train: bool,
                  hflip: bool = True, alternate_flip: bool = False, cutout: float = 0.0,
-                 crop_shift: float = 0.125, seed: int = 0, threads: int = 1,
+                 crop_shift: float = CROP_SHIFT, seed: int = 0, threads: int = 1,
                  device: str = "cpu", **extra: Any) -> None:
         if len(images) != len(labels):
             raise ValueError("images and labels differ in length")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from autofit import faults
-from autofit.config import Recipe
+from autofit.config import CROP_SHIFT, Recipe
 from autofit.data import decoder, torch_data
 from autofit.data.batches import Batches
 from autofit.errors import one_line
@@ -106,7 +106,7 @@ def decode(path: DataPath, files: Sequence[str], height: int, width: int, channe
 
 def loader(path: str, images: np.ndarray, labels: np.ndarray, batch_size: int, *,
            train: bool, hflip: bool = True, alternate_flip: bool = False, cutout: float = 0.0,
-           crop_shift: float = 0.125, seed: int = 0, threads: int = 1,
+           crop_shift: float = CROP_SHIFT, seed: int = 0, threads: int = 1,
            device: str = "cpu") -> Loader:
     """Batches of `images` on `device` through the run's data path."""
     options: dict[str, Any] = {"train": train, "hflip": hflip, "alternate_flip": alternate_flip,
@@ -134,7 +134,7 @@ class BatchLoader(Batches):
 
     def __init__(self, images: np.ndarray | torch.Tensor, labels: np.ndarray, batch_size: int,
                  *, train: bool, hflip: bool = True, alternate_flip: bool = False,
-                 cutout: float = 0.0, crop_shift: float = 0.125, seed: int = 0,
+                 cutout: float = 0.0, crop_shift: float = CROP_SHIFT, seed: int = 0,
                  threads: int = 1, device: str = "cpu", gpu: bool = False) -> None:
         if gpu:  # the device-resident cache: one upload per loader, none per batch
             images = torch.as_tensor(images).to(device)

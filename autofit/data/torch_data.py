@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from autofit.config import CROP_SHIFT
 from autofit.data.batches import Batches
 from autofit.data.decoder import quiet_pil
 from autofit.errors import UnreadableData, one_line
@@ -61,7 +62,7 @@ class TorchBatchLoader(Batches):
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, *,
                  train: bool, hflip: bool = True, alternate_flip: bool = False,
-                 cutout: float = 0.0, crop_shift: float = 0.125, seed: int = 0,
+                 cutout: float = 0.0, crop_shift: float = CROP_SHIFT, seed: int = 0,
                  threads: int = 1, device: str = "cpu") -> None:
         super().__init__(images, labels, batch_size, train=train, hflip=hflip,
                          alternate_flip=alternate_flip, cutout=cutout, crop_shift=crop_shift,
