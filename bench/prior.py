@@ -10,6 +10,8 @@ model scored with each set of test-time views.
     python bench/prior.py --data ../shared/datasets/fashion-mnist.npz --only baseline  # any data
     python bench/prior.py --only baseline optimizer=sgd --width 24 --epochs 4 --seeds 2  # Muon
     python bench/prior.py --only baseline crop_shift=0.125 --width 32 --epochs 8  # 2 or 4 px
+    python bench/prior.py --data ../shared/datasets/clothing-photos --as-run --shrink 2 \
+        --batch 64 --width 44 --epochs 40 --only baseline crop_shift=0.125 --seeds 3
 
 The prior (`first:` of search_spaces/default.yaml, fastnet depth 2) trains on the CIFAR-10
 JPEGs through autofit's own loader and trainer for a fixed number of epochs, so the
@@ -57,6 +59,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "ema=true": {"ema": True},
     "whiten=0": {"whiten": 0},
     "crop_shift=0.125": {"crop_shift": 0.125},
+    "depth=3": {"depth": 3},
+    "label_smoothing=0.1": {"label_smoothing": 0.1},
+    "batch_size=128": {"batch_size": 128, "lr": 0.2},
+    "cutout=0.25": {"cutout": 0.25},
     "optimizer=sgd": {"optimizer": "sgd"},
     "optimizer=sgd,lr=0.8": {"optimizer": "sgd", "lr": 0.8},
     "optimizer=muon,lr=0.2": {"optimizer": "muon", "lr": 0.2},
@@ -77,6 +83,12 @@ def main() -> int:
     parser.add_argument("--train-per-class", type=int, default=0, help="0: all 5,000")
     parser.add_argument("--test-per-class", type=int, default=0, help="0: all 1,000")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--as-run", action="store_true",
+                        help="read --data (any folder) as a run does: its size, its split")
+    parser.add_argument("--shrink", type=int, default=1,
+                        help="average-pool the input by this first (a run's half side)")
+    parser.add_argument("--batch", type=int, default=0,
+                        help="every variant at this batch, its lr scaled linearly (0: 256)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "prior.json")
     args = parser.parse_args()
     if not (args.data.is_file() or check_data(args.data, splits=True)):
@@ -88,13 +100,14 @@ def main() -> int:
     from autofit import models
     from autofit.config import Recipe
     from autofit.data import pipeline
+    from autofit.search.steps import at_batch
     from autofit.train import precision
     from autofit.train.loop import EVAL_BATCH, evaluate, train
 
     torch.set_num_threads(args.threads)
     path = pipeline.choose("cpu")
     data = load(args.data, args.train_per_class, args.test_per_class, args.threads, path) \
-        if args.data.is_dir() else whole(args.data, args.threads, path)
+        if args.data.is_dir() and not args.as_run else whole(args.data, args.threads, path)
     first = default_prior()
     test = pipeline.loader(data.data_path, data.x_val, data.y_val, EVAL_BATCH, train=False,
                            threads=args.threads)
@@ -105,8 +118,10 @@ def main() -> int:
         for width, epochs in grid:
             for name in args.only or list(VARIANTS):
                 arch = {k: v for k, v in VARIANTS[name].items() if k in knobs}
+                arch = arch if args.shrink == 1 else {**arch, "shrink": args.shrink}
                 recipe = Recipe.model_validate({**first.training, **{
                     k: v for k, v in VARIANTS[name].items() if k not in knobs}})
+                recipe = at_batch(recipe, args.batch) if args.batch else recipe
                 model, loader = prior_model(data, first, width, recipe, seed, args.threads,
                                             arch)
                 tick = time.perf_counter()
@@ -137,6 +152,7 @@ def main() -> int:
     for name, row in means.items():
         print(f"{name:28s}" + "".join(f"{row[view]:16.4f}" for view in VIEWS))
     record = {"bench": "prior", "data": str(args.data), "epochs": args.epochs,
+              "shrink": args.shrink, "batch": args.batch or None,
               "seeds": args.seeds, "model": {"family": first.family, **first.arch,
                                              "width": args.width},
               "grid": len(grid) > 1,
@@ -149,9 +165,10 @@ def main() -> int:
 
 
 def whole(source: Path, threads: int, path: Any) -> Any:
-    """A dataset autofit reads (an .npz), split as a run splits it (seed 0): the grid trains
-    on its training split and scores on its validation split, so the test images, on which
-    bench/compare.py scores autofit, play no part in the frontier fitted to the grid."""
+    """A dataset autofit reads (an .npz, any folder), sized and split as a run does (seed 0):
+    the grid trains on its training split and scores on its validation split, so the test
+    images, on which bench/compare.py scores autofit, play no part in the frontier fitted to
+    the grid or in a choice made from these runs."""
     from autofit.data.dataset import load as load_any
 
     return load_any(source, 0, threads, path=path)
