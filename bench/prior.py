@@ -61,7 +61,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "crop_shift=0.125": {"crop_shift": 0.125},
     "depth=3": {"depth": 3},
     "label_smoothing=0.1": {"label_smoothing": 0.1},
-    "batch_size=128": {"batch_size": 128, "lr": 0.2},
     "cutout=0.25": {"cutout": 0.25},
     "optimizer=sgd": {"optimizer": "sgd"},
     "optimizer=sgd,lr=0.8": {"optimizer": "sgd", "lr": 0.8},
